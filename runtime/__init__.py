@@ -1,0 +1,1 @@
+"""GraphPilot runtime: engine, breakable CUDA graphs, OpenAI-compatible server."""
