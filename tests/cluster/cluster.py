@@ -1,0 +1,342 @@
+"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, controller-manager,
+scheduler and kwok with fake GPU nodes.
+
+Used by the e2e fixture (tests/e2e/conftest.py) and by up.sh/down.sh:
+
+    python3 tests/cluster/cluster.py up [--nodes N] [--state-dir DIR]
+    python3 tests/cluster/cluster.py down [--state-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nodes import gpu_node_manifest  # noqa: E402
+from pki import SERVICE_CLUSTER_IP_RANGE, Pki, create_pki, write_kubeconfig  # noqa: E402
+from procs import Proc, log_tail, start_proc  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("GRAPHPILOT_CACHE") or Path.home() / ".cache" / "graphpilot")
+STATE_FILE = "cluster.json"
+COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not start; the message carries the components' log tails."""
+
+
+def versions() -> dict[str, str]:
+    """KUBERNETES_VERSION, ETCD_VERSION, KWOK_VERSION, HELM_VERSION from versions.env."""
+    lines = (line.strip() for line in (HERE / "versions.env").read_text().splitlines())
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+def default_bin_dir() -> Path:
+    return CACHE / f"k8s-{versions()['KUBERNETES_VERSION']}" / "bin"
+
+
+def default_state_dir() -> Path:
+    return CACHE / "cluster"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Cluster:
+    """One control plane: its processes, ports, PKI, kubeconfig and logs live in state_dir."""
+
+    def __init__(self, state_dir: Path, bin_dir: Path | None = None, num_nodes: int = 2,
+                 detach: bool = False) -> None:  # fmt: skip
+        """detach=False ties the processes to this one: they get SIGKILL if it dies without stop()."""
+        self.detach = detach
+        self.state_dir = Path(state_dir).resolve()
+        self.bin_dir = Path(bin_dir or default_bin_dir()).resolve()
+        self.num_nodes = num_nodes
+        self.kubeconfig = self.state_dir / "admin.kubeconfig"
+        self.ca_file = self.state_dir / "pki" / "ca.crt"
+        self.ports: dict[str, int] = {}
+        self.procs: list[Proc] = []
+
+    # -- user API ------------------------------------------------------------------------------
+
+    @property
+    def server(self) -> str:
+        """The API server URL, https://127.0.0.1:<port>."""
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"gpu-node-{i}" for i in range(self.num_nodes)]
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for tools run against this cluster: KUBECONFIG set, the bin dir on PATH."""
+        path = f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
+
+    def run(self, tool: str, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run a cached tool (kubectl, helm, ...) against this cluster; raise with its stderr on failure."""
+        argv = [str(self.bin_dir / tool), *args]
+        proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=self.env, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
+        return proc
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """`kubectl <args>` as cluster admin; raise CalledProcessError (with stderr) unless check=False."""
+        return self.run("kubectl", *args, input=input, check=check, timeout=timeout)
+
+    def kubectl_json(self, *args: str) -> Any:
+        """`kubectl <args> -o json`, parsed."""
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def apply(self, *objects: dict[str, Any]) -> None:
+        """Server-side apply of manifests given as dicts."""
+        items = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
+        self.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(items))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120) -> Cluster:
+        """Start everything and wait until /readyz answers ok and every fake node is Ready."""
+        missing = [b for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+                               "kubectl"] if not (self.bin_dir / b).exists()]  # fmt: skip
+        if missing:
+            raise ClusterError(f"missing {', '.join(missing)} in {self.bin_dir}; run tests/cluster/build.sh")
+        if self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+        (self.state_dir / "logs").mkdir(parents=True)
+        try:
+            self._start(timeout)
+        except BaseException as exc:
+            tails = self.log_tails()
+            self.stop()
+            raise ClusterError(f"control plane failed to start: {exc}\n{tails}") from exc
+        return self
+
+    def _start(self, timeout: float) -> None:
+        pki = create_pki(self.state_dir / "pki")
+        self.ports = {name: free_port() for name in ["etcd", "etcd-peer", "apiserver", "cm", "scheduler"]}
+        self._save()
+        self._spawn("etcd", self._etcd_args())
+        wait_until("etcd /health", lambda: self._get(f"http://127.0.0.1:{self.ports['etcd']}/health"), timeout)
+        self._spawn("kube-apiserver", self._apiserver_args(pki))
+        write_kubeconfig(self.kubeconfig, pki, self.server, "admin", "kubernetes-admin")
+        wait_until("kube-apiserver /readyz", lambda: self._get(f"{self.server}/readyz"), timeout)
+        for name, stem, user in [("controller-manager", "controller-manager", "system:kube-controller-manager"),
+                                 ("scheduler", "scheduler", "system:kube-scheduler"),
+                                 ("kwok", "kwok", "kwok-controller")]:  # fmt: skip
+            write_kubeconfig(self.state_dir / f"{name}.kubeconfig", pki, self.server, stem, user)
+        self._spawn("kube-controller-manager", self._controller_manager_args(pki))
+        self._spawn("kube-scheduler", self._scheduler_args())
+        self._spawn("kwok", self._kwok_args())
+        # Plain create, not apply: the Node's status (GPU capacity) is kept only on create.
+        nodes = {"apiVersion": "v1", "kind": "List", "items": [gpu_node_manifest(n) for n in self.node_names]}
+        self.kubectl("create", "-f", "-", input=json.dumps(nodes))
+        for name, port in [("kube-controller-manager", self.ports["cm"]), ("kube-scheduler", self.ports["scheduler"])]:
+            wait_until(f"{name} /healthz", lambda p=port: self._get(f"https://127.0.0.1:{p}/healthz"), timeout)
+        self.kubectl("wait", "--for=condition=Ready", "node", "--all", f"--timeout={int(timeout)}s",
+                     timeout=timeout + 10)  # fmt: skip
+        # Pods need the namespace's default ServiceAccount, which the controller-manager creates.
+        wait_until("the default ServiceAccount", lambda: self.kubectl(
+            "get", "serviceaccount", "default", check=False).returncode == 0, timeout)  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop every component (its whole process group), newest first; leave the state dir for its logs."""
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs = []
+        if (self.state_dir / STATE_FILE).exists():
+            self._save()
+
+    def is_running(self) -> bool:
+        return bool(self.procs) and all(p.alive() for p in self.procs)
+
+    def log_tails(self, lines: int = 25) -> str:
+        logs = sorted((self.state_dir / "logs").glob("*.log")) if (self.state_dir / "logs").exists() else []
+        return "\n".join(log_tail(path, lines) for path in logs)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Cluster:
+        """Attach to a control plane that `up` started in state_dir."""
+        data = json.loads((Path(state_dir) / STATE_FILE).read_text())
+        cluster = cls(Path(state_dir), Path(data["bin_dir"]), data["num_nodes"], detach=True)
+        cluster.ports = data["ports"]
+        cluster.procs = [Proc.from_dict(p) for p in data["procs"]]
+        return cluster
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        data = {"bin_dir": str(self.bin_dir), "num_nodes": self.num_nodes, "ports": self.ports,
+                "server": self.server if "apiserver" in self.ports else None,
+                "kubeconfig": str(self.kubeconfig), "procs": [p.to_dict() for p in self.procs]}  # fmt: skip
+        (self.state_dir / STATE_FILE).write_text(json.dumps(data, indent=2) + "\n")
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        log = self.state_dir / "logs" / f"{name}.log"
+        argv = [str(self.bin_dir / name), *args]
+        self.procs.append(start_proc(name, argv, log, env, die_with_parent=not self.detach))
+        self._save()
+
+    def _get(self, url: str) -> bool:
+        """True when url answers 200; the apiserver is asked as admin, verified against our CA."""
+        ctx: ssl.SSLContext | None = None
+        if url.startswith(self.server if "apiserver" in self.ports else "\0"):
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+            pki = self.state_dir / "pki"
+            ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        elif url.startswith("https"):
+            ctx = ssl._create_unverified_context()  # self-signed serving certs of cm/scheduler, loopback only
+        for proc in self.procs:
+            if not proc.alive():
+                raise ClusterError(f"{proc.name} exited")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def _etcd_args(self) -> list[str]:
+        client, peer = f"http://127.0.0.1:{self.ports['etcd']}", f"http://127.0.0.1:{self.ports['etcd-peer']}"
+        return [
+            "--name=default", f"--data-dir={self.state_dir / 'etcd'}",
+            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}", "--log-level=warn",
+            # Test data is disposable: skipping fsync makes every write an order of magnitude faster.
+            "--unsafe-no-fsync",
+        ]  # fmt: skip
+
+    def _apiserver_args(self, pki: Pki) -> list[str]:
+        return [
+            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.ports['apiserver']}", "--advertise-address=127.0.0.1",
+            # The in-cluster `kubernetes` Service cannot point at a loopback address; nothing in-cluster needs it.
+            "--endpoint-reconciler-type=none",
+            f"--tls-cert-file={pki.crt('apiserver')}", f"--tls-private-key-file={pki.key('apiserver')}",
+            f"--client-ca-file={pki.ca_crt}", "--authorization-mode=Node,RBAC",
+            f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}", "--allow-privileged=true",
+            f"--cert-dir={self.state_dir / 'apiserver'}", "--profiling=false",
+        ]  # fmt: skip
+
+    def _controller_manager_args(self, pki: Pki) -> list[str]:
+        kubeconfig = self.state_dir / "controller-manager.kubeconfig"
+        return [
+            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.ports['cm']}",
+            f"--cert-dir={self.state_dir / 'controller-manager'}", "--leader-elect=false",
+            # `*` runs every default controller: service accounts and their tokens, garbage collection,
+            # deployments, replica sets, node lifecycle, namespaces, ...
+            "--controllers=*", "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_crt}",
+            f"--cluster-signing-cert-file={pki.ca_crt}", f"--cluster-signing-key-file={pki.ca_key}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}", "--profiling=false",
+        ]  # fmt: skip
+
+    def _scheduler_args(self) -> list[str]:
+        kubeconfig = self.state_dir / "scheduler.kubeconfig"
+        return [
+            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1", f"--secure-port={self.ports['scheduler']}",
+            f"--cert-dir={self.state_dir / 'scheduler'}", "--leader-elect=false", "--profiling=false",
+        ]  # fmt: skip
+
+    def _kwok_args(self) -> list[str]:
+        kwok_dir = self.state_dir / "kwok"
+        kwok_dir.mkdir(exist_ok=True)
+        config = kwok_dir / "kwok.yaml"
+        # An explicit, empty configuration: kwok's built-in node and pod stages (nodes Ready with
+        # leases, pods Running and Ready), and nothing read from the user's home directory.
+        config.write_text("apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n")
+        return [
+            f"--kubeconfig={self.state_dir / 'kwok.kubeconfig'}", f"--config={config}",
+            "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-lease-duration-seconds=40", "--cidr=10.244.0.0/16", "--node-ip=10.240.0.1",
+        ]  # fmt: skip
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def _up(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    if (state_dir / STATE_FILE).exists():
+        old = Cluster.load(state_dir)
+        if old.is_running():
+            print(f"already running: {old.server}", file=sys.stderr)
+            print(f"export KUBECONFIG={old.kubeconfig}")
+            return 0
+        old.stop()
+    cluster = Cluster(state_dir, Path(args.bin_dir) if args.bin_dir else None, args.nodes, detach=True)
+    start = time.monotonic()
+    print(f"starting the control plane in {cluster.state_dir} ...", file=sys.stderr)
+    try:
+        cluster.start()
+    except ClusterError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"ready in {time.monotonic() - start:.1f}s: {cluster.server}, nodes {', '.join(cluster.node_names)}",
+          file=sys.stderr)  # fmt: skip
+    print(f"logs in {cluster.state_dir / 'logs'}; stop it with `make cluster-down`", file=sys.stderr)
+    print(f"export KUBECONFIG={cluster.kubeconfig}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    if not (state_dir / STATE_FILE).exists():
+        print(f"no control plane in {state_dir}", file=sys.stderr)
+        return 0
+    Cluster.load(state_dir).stop()
+    print(f"stopped; logs kept in {state_dir / 'logs'}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ["up", "down"]:
+        cmd = sub.add_parser(name)
+        cmd.add_argument("--state-dir", default=str(default_state_dir()), help="default: %(default)s")
+        if name == "up":
+            cmd.add_argument("--nodes", type=int, default=2, help="fake GPU nodes (default: %(default)s)")
+            cmd.add_argument("--bin-dir", help=f"binaries (default: {default_bin_dir()})")
+    args = parser.parse_args(argv)
+    return _up(args) if args.command == "up" else _down(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
