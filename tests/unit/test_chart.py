@@ -31,7 +31,16 @@ needs_helm = pytest.mark.skipif(HELM is None, reason="helm is not built yet (mak
 
 
 def render(*sets: str, check: bool = True) -> list[dict[str, Any]] | subprocess.CompletedProcess[str]:
-    args = [str(HELM), "template", "gp", str(CHART), "--namespace", "graphpilot-system"]
+    args = [
+        str(HELM),
+        "template",
+        "gp",
+        str(CHART),
+        "--namespace",
+        "graphpilot-system",
+        "--kube-version",
+        "1.35.0",
+    ]
     for s in sets:
         args += ["--set", s]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
