@@ -1,0 +1,326 @@
+"""The engine: model + KV cache + scheduler + graph runner + sampler, one `step()` at a time.
+
+Thread-safe for one stepping thread and any number of callers of add_request/abort/apply_profile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+
+from graphpilot.runtime.config import ConfigError, EngineConfig
+from graphpilot.runtime.engine.context import ForwardContext, build_attention_metadata
+from graphpilot.runtime.engine.kv_cache import KVCache, bytes_per_token
+from graphpilot.runtime.engine.request import Request, SamplingError, SamplingParams, Status
+from graphpilot.runtime.engine.scheduler import ScheduledBatch, Scheduler
+from graphpilot.runtime.engine.stats import StepLog
+from graphpilot.runtime.graphs.runner import ApplyResult, GraphRunner, Route
+from graphpilot.runtime.layers.sampler import Sampler
+from graphpilot.runtime.models.config import ModelError, load_model_config
+from graphpilot.runtime.models.loader import load_model_weights
+from graphpilot.runtime.models.registry import build_model
+from graphpilot.runtime.progress import Progress
+
+log = logging.getLogger(__name__)
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CPU_DEFAULT_KV_TOKENS = 16384
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve; the message says why (the server answers 400)."""
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    new_token_ids: list[int]
+    text: str  # the whole output text so far (stop strings cut off)
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+
+
+@dataclass
+class Completion:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = _resolve_device(config.device)
+        self.model_config = load_model_config(config.model)
+        self.dtype = _resolve_dtype(config.dtype, self.model_config.dtype, self.device)
+        self.tokenizer = _load_tokenizer(config.model)
+        self.eos_token_ids = set(self.model_config.eos_token_ids) | _generation_eos(config.model)
+        torch.manual_seed(config.seed)
+        attn_backend = config.attention_backend
+        if attn_backend == "auto":
+            attn_backend = "sdpa"
+        with torch.device(self.device):
+            self.model = build_model(self.model_config, attn_backend).to(self.dtype).eval()
+        fmt = "dummy" if config.load_format == "dummy" else "safetensors"
+        self.load_seconds = load_model_weights(self.model, self.model_config, config.model, fmt, config.seed)
+        log.info("weights loaded", extra={"seconds": round(self.load_seconds, 2), "format": fmt})
+        self.kv = self._allocate_kv_cache()
+        self.max_model_len = min(
+            config.max_model_len or self.model_config.max_position_embeddings, self.kv.pool.capacity_tokens
+        )
+        self.scheduler = Scheduler(self.kv.pool, config.max_num_batched_tokens, config.max_running_requests)
+        self.sampler = Sampler(self.device, config.seed)
+        self.step_log = StepLog()
+        self.requests: dict[str, Request] = {}
+        self.counters: dict[str, int] = {"prompt_tokens": 0, "generation_tokens": 0}
+        self.finished_counts: dict[str, int] = {}
+        self._lock = threading.RLock()
+        backend = config.graph_backend
+        if backend == "auto":
+            backend = "cuda" if self.device.type == "cuda" else "eager"
+        self.runner = GraphRunner(
+            self.model, backend, config.max_num_batched_tokens, config.graph_max_padding_ratio, self.device
+        )
+        if backend != "off":
+            self.capture(config.buckets)
+
+    # ---- set-up ------------------------------------------------------------------------------------
+
+    def _allocate_kv_cache(self) -> KVCache:
+        mc, cfg = self.model_config, self.config
+        per_token = bytes_per_token(mc.num_hidden_layers, mc.num_key_value_heads, mc.head_dim, self.dtype)
+        if cfg.max_total_tokens is not None:
+            num_tokens = cfg.max_total_tokens
+        elif self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = int(total * cfg.mem_fraction_static) - (total - free)
+            if budget < per_token * cfg.block_size * 2:
+                raise ConfigError(
+                    f"mem_fraction_static {cfg.mem_fraction_static} leaves no room for the KV cache "
+                    f"({(total - free) / 2**30:.1f} GiB already used of {total / 2**30:.1f} GiB)"
+                )
+            num_tokens = budget // per_token
+        else:
+            num_tokens = CPU_DEFAULT_KV_TOKENS
+        num_blocks = num_tokens // cfg.block_size + 1  # +1: the scratch block
+        return self._bind(KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, mc.num_key_value_heads, mc.head_dim, self.dtype, self.device))
+
+    def _bind(self, kv: KVCache) -> KVCache:
+        for layer, attn in enumerate(self.model.attention_layers()):
+            attn.bind_cache(kv.k[layer], kv.v[layer])
+        return kv
+
+    def capture(self, buckets: Sequence[int]) -> ApplyResult:
+        """Capture a bucket set now (blocking, with progress), e.g. at start-up."""
+        progress = Progress("capturing graphs", enabled=self.config.progress)
+        self.runner.progress = progress.update
+        with self._lock:
+            self.runner.request(tuple(buckets))
+            result = self.runner.advance() or self.runner.last_apply
+        progress.close()
+        assert result is not None
+        return result
+
+    # ---- requests ----------------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def add_request(
+        self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None
+    ) -> str:
+        """Queue a request; raise RequestError when it cannot be served."""
+        params = params or SamplingParams()
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self._validate(ids, params)
+        req = Request(ids, params) if request_id is None else Request(ids, params, request_id)
+        with self._lock:
+            if req.request_id in self.requests:
+                raise RequestError(f"request id {req.request_id!r} is already in use")
+            self.requests[req.request_id] = req
+            self.scheduler.add(req)
+        return req.request_id
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise RequestError("the prompt is empty")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise RequestError(f"prompt token ids must be within 0..{vocab - 1}")
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise RequestError(
+                f"this model's maximum context length is {self.max_model_len} tokens; the request "
+                f"needs {len(ids) + params.max_tokens} ({len(ids)} in the prompt, {params.max_tokens} to generate)"
+            )
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request and free its KV blocks; False if it is unknown or already finished."""
+        with self._lock:
+            req = self.requests.pop(request_id, None)
+            if req is None:
+                return False
+            self._finish(req, "abort")
+            return True
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return self.scheduler.has_unfinished() or self.runner.capturing
+
+    # ---- profile -----------------------------------------------------------------------------------
+
+    def apply_profile(self, buckets: Sequence[int], on_done: Callable[[ApplyResult], None] | None = None) -> None:
+        """Start a live retune; captures run between steps and `on_done` gets the result."""
+        with self._lock:
+            self.runner.request(tuple(buckets), on_done)
+
+    # ---- stepping ----------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one forward over the scheduled batch; return the requests that got tokens or finished."""
+        with self._lock, torch.inference_mode():
+            if self.runner.capturing:
+                self.runner.advance(budget_seconds=0.05)
+            batch = self.scheduler.schedule()
+            if batch is None:
+                return []
+            start = time.perf_counter()
+            sample_reqs, token_ids, route = self._forward(batch)
+            seconds = time.perf_counter() - start
+            for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
+                req.num_computed_tokens += n
+            outputs = [self._append(req, tok) for req, tok in zip(sample_reqs, token_ids, strict=True)]
+            self.step_log.append(batch.num_tokens, route.bucket, route.reason, seconds, len(token_ids))
+            return outputs
+
+    def _forward(self, batch: ScheduledBatch) -> tuple[list[Request], list[int], Route]:
+        ids: list[int] = []
+        positions: list[int] = []
+        context_lens, slots, sample_rows, sample_reqs = [], [], [], []
+        for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
+            start, end = req.num_computed_tokens, req.num_computed_tokens + n
+            ids.extend(req.all_token_ids[start:end])
+            positions.extend(range(start, end))
+            context_lens.append(end)
+            slots.append(self.kv.pool.slots(req, end))
+            if end == req.num_tokens:  # all known tokens are in: sample the next one
+                sample_rows.append(len(ids) - 1)
+                sample_reqs.append(req)
+        dev = self.device
+        meta = build_attention_metadata(batch.num_new_tokens, context_lens, slots, dev)
+        ctx = ForwardContext(num_tokens=len(ids), attn=meta)
+        input_ids = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
+        pos = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
+        hidden, route = self.runner.forward(input_ids, pos, ctx)
+        if not sample_reqs:
+            return [], [], route
+        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)])
+        tokens = self.sampler(logits, [r.params for r in sample_reqs], [r.request_id for r in sample_reqs])
+        return sample_reqs, tokens.tolist(), route
+
+    def _append(self, req: Request, token: int) -> RequestOutput:
+        req.output_token_ids.append(token)
+        self.counters["generation_tokens"] += 1
+        if len(req.output_token_ids) == 1:
+            self.counters["prompt_tokens"] += req.num_prompt_tokens
+        text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=True)
+        reason = None
+        if token in self.eos_token_ids and not req.params.ignore_eos:
+            reason = "stop"
+        for s in req.params.stop:
+            cut = text.find(s)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+        if reason is None and len(req.output_token_ids) >= req.params.max_tokens:
+            reason = "length"
+        req.output_text = text
+        if reason is not None:
+            self.requests.pop(req.request_id, None)
+            self._finish(req, reason)
+        return RequestOutput(
+            req.request_id, [token], text, req.finished, req.finish_reason,
+            req.num_prompt_tokens, len(req.output_token_ids),
+        )  # fmt: skip
+
+    def _finish(self, req: Request, reason: str) -> None:
+        self.scheduler.finish(req, reason)
+        self.sampler.forget(req.request_id)
+        self.finished_counts[reason] = self.finished_counts.get(reason, 0) + 1
+
+    # ---- offline API -------------------------------------------------------------------------------
+
+    def generate(
+        self, prompts: Sequence[str | list[int]], params: SamplingParams | Sequence[SamplingParams] | None = None
+    ) -> list[Completion]:
+        """Generate for all prompts together (continuous batching) and return them in order."""
+        plist = list(params) if isinstance(params, Sequence) else [params or SamplingParams()] * len(prompts)
+        if len(plist) != len(prompts):
+            raise RequestError("give one SamplingParams, or one per prompt")
+        reqs: list[Request] = []
+        for p, sp in zip(prompts, plist, strict=True):
+            rid = self.add_request(p, sp)
+            reqs.append(self.requests[rid])
+        while any(r.status is not Status.FINISHED for r in reqs):
+            self.step()
+        return [Completion(r.request_id, r.prompt_token_ids, r.output_token_ids, r.output_text, r.finish_reason) for r in reqs]
+
+    def stats_summary(self) -> dict[str, Any]:
+        """Replays per bucket, rejects per reason, padded tokens (for `generate --stats`)."""
+        w = self.step_log.window(0)
+        return {
+            "backend": self.runner.backend,
+            "buckets": list(self.runner.buckets),
+            "steps": w.cursor,
+            "replays": {str(k): v for k, v in sorted(self.runner.replays.items())},
+            "rejects": dict(self.runner.rejects),
+            "padded_tokens": w.padded_tokens,
+            "graph_tokens": w.graph_tokens,
+            "eager_tokens": w.eager_tokens,
+            "graph_memory_bytes": self.runner.graph_memory_bytes,
+            "capture_seconds": round(self.runner.capture_seconds, 4),
+            "num_preemptions": self.scheduler.num_preemptions,
+        }
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def _resolve_dtype(name: str, checkpoint: torch.dtype, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    return checkpoint if device.type == "cuda" else torch.float32
+
+
+def _load_tokenizer(model_dir: str) -> Tokenizer:
+    path = os.path.join(model_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise ModelError(f"{path} not found: a model directory needs a tokenizer.json")
+    return Tokenizer.from_file(path)
+
+
+def _generation_eos(model_dir: str) -> set[int]:
+    path = os.path.join(model_dir, "generation_config.json")
+    if not os.path.isfile(path):
+        return set()
+    with open(path) as f:
+        eos = json.load(f).get("eos_token_id")
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
+__all__ = ["Completion", "Engine", "EngineConfig", "RequestError", "RequestOutput", "SamplingError", "SamplingParams"]

@@ -1,0 +1,97 @@
+"""Continuous batching with chunked prefill, decode and mixed batches, and preemption by recompute.
+
+Every step gives each running request the tokens it still needs (1 for decode, a chunk for prefill)
+within `max_num_batched_tokens`, then admits waiting requests while budget and KV blocks last. So a
+step freely mixes many requests' prefill chunks with decodes. When the KV pool runs out, the newest
+running request is preempted: its blocks are freed and it waits to be recomputed; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from graphpilot.runtime.engine.kv_cache import BlockPool
+from graphpilot.runtime.engine.request import Request, Status
+
+
+@dataclass
+class ScheduledBatch:
+    requests: list[Request]
+    num_new_tokens: list[int]  # per request, tokens computed this step
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+
+class Scheduler:
+    def __init__(self, pool: BlockPool, max_num_batched_tokens: int, max_running_requests: int) -> None:
+        self.pool = pool
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_running_requests = max_running_requests
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch | None:
+        batch = ScheduledBatch([], [])
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self._make_room(req, n):
+                break  # req itself was preempted (it was the newest)
+            self.pool.allocate(req, n)
+            batch.requests.append(req)
+            batch.num_new_tokens.append(n)
+            budget -= n
+            i += 1
+        while self.waiting and budget > 0 and len(self.running) < self.max_running_requests:
+            req = self.waiting[0]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self.pool.can_allocate(req, n):
+                break
+            self.waiting.popleft()
+            self.pool.allocate(req, n)
+            req.status = Status.RUNNING
+            self.running.append(req)
+            batch.requests.append(req)
+            batch.num_new_tokens.append(n)
+            budget -= n
+        return batch if batch.requests else None
+
+    def _make_room(self, req: Request, n: int) -> bool:
+        """Preempt the newest running requests until req fits; False if req had to go itself."""
+        while not self.pool.can_allocate(req, n):
+            victim = self.running.pop()
+            self._preempt(victim)
+            if victim is req:
+                return False
+        return True
+
+    def _preempt(self, req: Request) -> None:
+        self.pool.free(req)
+        req.status = Status.WAITING
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    def finish(self, req: Request, reason: str) -> None:
+        """Release a request (stop, length or abort) wherever it is; idempotent."""
+        if req.finished:
+            return
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        self.pool.free(req)
+        req.status = Status.FINISHED
+        req.finish_reason = reason

@@ -1,0 +1,48 @@
+"""The graph-break primitive.
+
+Decorate any op that depends on the live batch (attention, anything reading the forward context)
+with `@graph_break`. Outside the graph runner the op is a plain call. Inside it, a handler decides
+what a break means: the CUDA capture ends the current graph segment there and replays the op
+eagerly between segments; the eager backend runs the op on the real rows of a padded batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class BreakHandler(Protocol):
+    def __call__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any: ...
+
+
+_handler: BreakHandler | None = None
+
+
+def graph_break(fn: F) -> F:
+    """Mark `fn` as a break: captured graphs end before it and resume after it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        handler = _handler
+        if handler is None:
+            return fn(*args)
+        return handler(fn, args)
+
+    wrapper.__graph_break__ = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def break_handler(handler: BreakHandler) -> Iterator[None]:
+    """Route every `@graph_break` call in this block to `handler`."""
+    global _handler
+    prev, _handler = _handler, handler
+    try:
+        yield
+    finally:
+        _handler = prev

@@ -1,0 +1,138 @@
+"""Segmented execution of the layer stack: eager (padded) and CUDA-graph capture/replay.
+
+A bucket of `N` tokens runs the stack on `N` rows. At each `@graph_break` the segmented path runs the
+op eagerly on the live rows only (`n <= N`, read from the forward context) and writes its output into
+a shared boundary buffer, so padded rows never touch the KV cache and never see NaN. Under capture,
+the break also ends the current CUDA graph and opens the next one.
+
+Memory: every tensor that crosses a break is copied into a buffer shared by *all* buckets and layers
+(one max-sized buffer per boundary, sliced per bucket); everything else a capture allocates is freed
+back to the one graph pool when its capture ends, so the next (smaller) bucket reuses it. Buckets never
+replay at the same time, so sharing is safe, and graph memory stays near one bucket's activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from graphpilot.runtime.engine.context import get_forward_context
+
+
+class SharedBuffers:
+    """One max-sized buffer per boundary key; buckets use the first N rows."""
+
+    def __init__(self, max_tokens: int, device: torch.device) -> None:
+        self.max_tokens, self.device = max_tokens, device
+        self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+        self.input_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
+        self.positions = torch.zeros(max_tokens, dtype=torch.long, device=device)
+
+    def get(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        full_key = (key, tuple(like.shape[1:]), like.dtype)
+        buf = self._buffers.get(full_key)
+        if buf is None:
+            buf = torch.zeros(self.max_tokens, *like.shape[1:], dtype=like.dtype, device=self.device)
+            self._buffers[full_key] = buf
+        return buf
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+
+def _is_row(a: Any, rows: int) -> bool:
+    return isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == rows
+
+
+@dataclass
+class Break:
+    """One eager op between two graph segments, reading and writing fixed-address buffers."""
+
+    fn: Callable[..., torch.Tensor]
+    args: list[Any]  # shared input buffers (full size) for row tensors, other args as given
+    row_args: list[bool]
+    out: torch.Tensor  # shared output buffer (full size)
+
+    def run(self, n: int) -> None:
+        out = self.fn(*[a[:n] if r else a for a, r in zip(self.args, self.row_args, strict=True)])
+        self.out[:n].copy_(out)
+
+
+class EagerBreaks:
+    """Break handler of the eager backend: live rows through the op, padded rows left finite."""
+
+    def __init__(self, shared: SharedBuffers, rows: int) -> None:
+        self.shared, self.rows = shared, rows
+
+    def __call__(self, fn: Callable[..., torch.Tensor], args: tuple[Any, ...]) -> torch.Tensor:
+        n = get_forward_context().num_tokens
+        for i, a in enumerate(args):
+            if _is_row(a, self.rows):
+                self.shared.get(f"in{i}", a)  # reserve now: never allocate inside a capture
+        out = fn(*[a[:n] if _is_row(a, self.rows) else a for a in args])
+        buf = self.shared.get("out", out)
+        buf[:n].copy_(out)
+        return buf[: self.rows]
+
+
+@dataclass
+class CapturedBucket:
+    num_tokens: int
+    segments: list[torch.cuda.CUDAGraph] = field(default_factory=list)
+    breaks: list[Break] = field(default_factory=list)
+
+    def replay(self, n: int) -> None:
+        for i, graph in enumerate(self.segments):
+            graph.replay()
+            if i < len(self.breaks):
+                self.breaks[i].run(n)
+
+
+class CaptureBreaks:
+    """Break handler while capturing one bucket: close the segment, run the op, open the next."""
+
+    def __init__(self, shared: SharedBuffers, pool: Any, bucket: CapturedBucket) -> None:
+        self.shared, self.pool, self.bucket = shared, pool, bucket
+        self.rows = bucket.num_tokens
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def begin(self) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+        self.graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+
+    def end(self) -> None:
+        assert self.graph is not None
+        self.graph.capture_end()
+        self.bucket.segments.append(self.graph)
+        self.graph = None
+
+    def abort(self) -> None:
+        """End a capture that failed half-way so the stream leaves capture mode."""
+        if self.graph is not None:
+            try:
+                self.graph.capture_end()
+            except RuntimeError:
+                pass
+            self.graph = None
+
+    def __call__(self, fn: Callable[..., torch.Tensor], args: tuple[Any, ...]) -> torch.Tensor:
+        rows = [_is_row(a, self.rows) for a in args]
+        bufs = []
+        for i, (a, r) in enumerate(zip(args, rows, strict=True)):
+            if r:
+                buf = self.shared.get(f"in{i}", a)
+                buf[: self.rows].copy_(a)  # captured: the segment ends by writing its boundary
+                bufs.append(buf)
+            else:
+                bufs.append(a)
+        self.end()
+        probe = fn(*[b[: self.rows] if r else b for b, r in zip(bufs, rows, strict=True)])
+        brk = Break(fn, bufs, rows, self.shared.get("out", probe))
+        brk.out[: self.rows].copy_(probe)
+        self.bucket.breaks.append(brk)
+        self.begin()
+        return brk.out[: self.rows]

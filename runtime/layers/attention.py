@@ -1,0 +1,74 @@
+"""Attention over the paged KV cache: the op that depends on the live batch, hence a graph break."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphpilot.runtime.engine.context import AttentionMetadata, get_forward_context
+from graphpilot.runtime.graphs.breaks import graph_break
+
+
+class Attention(nn.Module):
+    """Writes this layer's K/V into the cache, then attends; `reference` is the plain per-request path."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, backend: str = "sdpa") -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim**-0.5
+        self.backend = backend
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+
+    def bind_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        # k_cache, v_cache: [num_slots, num_kv_heads, head_dim]
+        self.k_cache, self.v_cache = k_cache, v_cache
+
+    @graph_break
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: [n, heads * head_dim]; k, v: [n, kv_heads * head_dim] -> [n, heads * head_dim]
+        meta = get_forward_context().attn
+        n = q.shape[0]
+        q = q.view(n, self.num_heads, self.head_dim)
+        self.k_cache.index_copy_(0, meta.slot_mapping, k.view(n, self.num_kv_heads, self.head_dim))
+        self.v_cache.index_copy_(0, meta.slot_mapping, v.view(n, self.num_kv_heads, self.head_dim))
+        out = torch.empty_like(q)
+        if self.backend == "reference":
+            self._reference(q, meta, out)
+        else:
+            self._decode_batch(q, meta, out)
+            self._prefill_each(q, meta, out)
+        return out.view(n, self.num_heads * self.head_dim)
+
+    def _decode_batch(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor) -> None:
+        if meta.decode_rows.numel() == 0:
+            return
+        qd = q[meta.decode_rows].unsqueeze(2)  # [b, heads, 1, d]
+        kd = self.k_cache[meta.decode_kv_slots].transpose(1, 2)  # [b, kv_heads, max_kv, d]
+        vd = self.v_cache[meta.decode_kv_slots].transpose(1, 2)
+        o = F.scaled_dot_product_attention(
+            qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale, enable_gqa=True
+        )
+        out[meta.decode_rows] = o.squeeze(2)
+
+    def _prefill_each(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor) -> None:
+        for i, mask in zip(meta.prefill_reqs, meta.prefill_masks, strict=True):
+            s, ql = meta.query_start[i], meta.query_lens[i]
+            qi = q[s : s + ql].transpose(0, 1)  # [heads, q, d]
+            ki = self.k_cache[meta.kv_slots[i]].transpose(0, 1)  # [kv_heads, context, d]
+            vi = self.v_cache[meta.kv_slots[i]].transpose(0, 1)
+            o = F.scaled_dot_product_attention(
+                qi, ki, vi, attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True
+            )
+            out[s : s + ql] = o.transpose(0, 1)
+
+    def _reference(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor) -> None:
+        group = self.num_heads // self.num_kv_heads
+        for i, (s, ql, c) in enumerate(zip(meta.query_start, meta.query_lens, meta.context_lens, strict=True)):
+            k = self.k_cache[meta.kv_slots[i]].repeat_interleave(group, dim=1).float()  # [c, heads, d]
+            v = self.v_cache[meta.kv_slots[i]].repeat_interleave(group, dim=1).float()
+            scores = torch.einsum("qhd,khd->hqk", q[s : s + ql].float(), k) * self.scale
+            allowed = torch.arange(c, device=q.device)[None, :] <= torch.arange(c - ql, c, device=q.device)[:, None]
+            scores = scores.masked_fill(~allowed, float("-inf"))
+            out[s : s + ql] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).to(out.dtype)

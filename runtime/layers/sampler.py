@@ -1,0 +1,60 @@
+"""Batched sampling on the device: greedy, temperature, top-k, top-p, per-request seeds.
+
+Runs eagerly on the live batch after the graph replay. Random draws use the exponential-race trick
+(argmax of p / E with E ~ Exp(1)), so a seeded request draws from its own generator and gets the same
+tokens whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graphpilot.runtime.engine.request import SamplingParams
+
+
+class Sampler:
+    def __init__(self, device: torch.device, seed: int) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self._request_generators: dict[str, torch.Generator] = {}
+
+    def forget(self, request_id: str) -> None:
+        self._request_generators.pop(request_id, None)
+
+    def _generator(self, request_id: str, seed: int) -> torch.Generator:
+        gen = self._request_generators.get(request_id)
+        if gen is None:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            self._request_generators[request_id] = gen
+        return gen
+
+    def __call__(self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[str]) -> torch.Tensor:
+        # logits: [b, vocab] fp32 -> token ids [b]
+        greedy = logits.argmax(dim=-1)
+        if all(p.greedy for p in params):
+            return greedy
+        temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=logits.device)
+        probs = self._filter(logits / temps[:, None], params).softmax(dim=-1)
+        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        for row, (p, rid) in enumerate(zip(params, request_ids, strict=True)):
+            if p.seed is not None and not p.greedy:
+                noise[row].exponential_(generator=self._generator(rid, p.seed))
+        sampled = (probs / noise).argmax(dim=-1)
+        is_greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+        return torch.where(is_greedy, greedy, sampled)
+
+    @staticmethod
+    def _filter(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+        """Mask tokens outside each row's top-k and top-p (nucleus) set."""
+        if all(p.top_k == 0 and p.top_p >= 1.0 for p in params):
+            return logits
+        vocab = logits.shape[-1]
+        top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=logits.device)
+        top_p = torch.tensor([p.top_p for p in params], device=logits.device)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        ranks = torch.arange(vocab, device=logits.device)[None, :]
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        drop = (ranks >= top_k[:, None]) | (mass_before > top_p[:, None])
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
