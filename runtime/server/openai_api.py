@@ -1,0 +1,183 @@
+"""OpenAI-compatible endpoints: /v1/models, /v1/completions, /v1/chat/completions (SSE streaming too)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from graphpilot.runtime.engine.request import SamplingParams
+from graphpilot.runtime.server.loop import AsyncEngine, RequestGroup
+from graphpilot.runtime.server.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    _Sampling,
+    usage,
+)
+from graphpilot.runtime.server.text import ChatTemplate, TextDelta
+
+router = APIRouter()
+
+
+def _runtime(request: Request) -> AsyncEngine:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """The one served model."""
+    engine = _runtime(request).engine
+    card: dict[str, Any] = {"id": request.app.state.served_model_name, "object": "model", "created": 0,
+                            "owned_by": "graphpilot"}  # fmt: skip
+    if engine is not None:
+        card["max_model_len"] = engine.max_model_len
+    return {"object": "list", "data": [card]}
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    """Text completion; one choice per prompt."""
+    engine = _check(request, body)
+    tokenized = await asyncio.to_thread(
+        lambda: [engine.encode(p) if isinstance(p, str) else p for p in body.prompts()]
+    )
+    call = _Call("cmpl", "text_completion", request.app.state.served_model_name, body)
+    return await _serve(request, body, call, tokenized, body.max_tokens or 16)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    """Chat completion over the model's chat template (ChatML when the checkpoint has none)."""
+    engine = _check(request, body)
+    state = request.app.state
+    if getattr(state, "chat_template", None) is None:
+        state.chat_template = ChatTemplate.from_model_dir(engine.config.model)
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    text = state.chat_template.render(messages)
+    ids = await asyncio.to_thread(engine.encode, text)
+    max_tokens = body.max_new_tokens() or max(1, engine.max_model_len - len(ids))
+    call = _Call("chatcmpl", "chat.completion", state.served_model_name, body)
+    return await _serve(request, body, call, [ids], max_tokens)
+
+
+def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
+    """The engine's SamplingParams for a request body (SamplingError: the server answers 400)."""
+    return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                          top_k=body.top_k, seed=body.seed, stop=body.stop_list(),
+                          ignore_eos=body.ignore_eos)  # fmt: skip
+
+
+def _check(request: Request, body: _Sampling) -> Any:
+    engine = _runtime(request).check_ready()
+    if body.model != request.app.state.served_model_name:
+        raise APIError(404, f"the model {body.model!r} does not exist; this server serves "
+                       f"{request.app.state.served_model_name!r}", param="model", code="model_not_found")  # fmt: skip
+    return engine
+
+
+class _Call:
+    """Shapes one call's responses and chunks (completion or chat)."""
+
+    def __init__(self, prefix: str, obj: str, model: str, body: _Sampling) -> None:
+        self.id, self.object, self.model = f"{prefix}-{uuid.uuid4().hex}", obj, model
+        self.created = int(time.time())
+        self.chat = obj == "chat.completion"
+        self.body = body
+
+    def envelope(self, choices: list[dict[str, Any]], chunk: bool = False) -> dict[str, Any]:
+        obj = self.object + (".chunk" if self.chat and chunk else "")
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def choice(self, index: int, text: str, finish_reason: str | None, chunk: bool = False) -> dict[str, Any]:
+        if not self.chat:
+            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        key = "delta" if chunk else "message"
+        content: dict[str, Any] = {"content": text} if chunk else {"role": "assistant", "content": text}
+        if chunk and finish_reason is not None and not text:
+            content = {}
+        return {"index": index, key: content, "logprobs": None, "finish_reason": finish_reason}
+
+
+async def _serve(
+    request: Request, body: _Sampling, call: _Call, prompts: list[Any], max_tokens: int
+) -> Response:
+    params = sampling_params(body, max_tokens)
+    rids = [f"{call.id}-{i}" for i in range(len(prompts))]
+    group = await _runtime(request).add(prompts, [params] * len(prompts), rids)
+    if body.stream:
+        return StreamingResponse(_stream(call, group), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+    return await _until_disconnected(request, _collect(call, group))
+
+
+async def _collect(call: _Call, group: RequestGroup) -> JSONResponse:
+    final: dict[int, Any] = {}
+    try:
+        async for i, out in group:
+            if out.finished:
+                final[i] = out
+    finally:
+        group.close()
+    choices = [call.choice(i, o.text, o.finish_reason) for i, o in sorted(final.items())]
+    resp = call.envelope(choices)
+    resp["usage"] = usage(sum(o.num_prompt_tokens for o in final.values()),
+                          sum(o.num_output_tokens for o in final.values()))  # fmt: skip
+    return JSONResponse(resp)
+
+
+async def _stream(call: _Call, group: RequestGroup) -> AsyncIterator[str]:
+    stops = call.body.stop_list()
+    deltas = [TextDelta(stops) for _ in group.request_ids]
+    counts = [[0, 0] for _ in group.request_ids]  # prompt, completion tokens
+    try:
+        if call.chat:
+            yield _sse(call.envelope([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                       "logprobs": None, "finish_reason": None}], chunk=True))  # fmt: skip
+        async for i, out in group:
+            counts[i] = [out.num_prompt_tokens, out.num_output_tokens]
+            text = deltas[i].update(out.text, out.finished)
+            if text or out.finished:
+                yield _sse(call.envelope([call.choice(i, text, out.finish_reason, chunk=True)], chunk=True))
+    except Exception as e:  # the stream has started: report the error in-band, as OpenAI does
+        yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
+    finally:
+        group.close()
+    opts = call.body.stream_options
+    if opts is not None and opts.include_usage:
+        last = call.envelope([], chunk=True)
+        last["usage"] = usage(sum(c[0] for c in counts), sum(c[1] for c in counts))
+        yield _sse(last)
+    yield "data: [DONE]\n\n"
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def _until_disconnected(request: Request, work: Awaitable[Response]) -> Response:
+    """Run `work`, cancelling it (and so aborting its requests) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(request))
+    done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        watch.cancel()
+        return task.result()
+    task.cancel()
+    return Response(status_code=499)
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

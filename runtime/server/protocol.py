@@ -1,0 +1,120 @@
+"""OpenAI request bodies (validated at the boundary) and OpenAI-shaped errors."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**63 - 1
+MAX_STOP = 16
+
+Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
+
+
+class APIError(Exception):
+    """An error answered to the client as {"error": {...}} with an HTTP status."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.type, self.param, self.code)
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None) -> JSONResponse:  # fmt: skip
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    model: str = Field(description="The served model name (see /v1/models).")
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="GraphPilot extension: keep the k most likely tokens (0: off).")
+    n: int = Field(1, ge=1, le=1, description="Only n=1 is supported.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Stop = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    ignore_eos: bool = Field(False, description="GraphPilot extension: keep generating past end-of-sequence.")
+    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
+    user: str | None = None
+
+    def stop_list(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return tuple(s for s in stops if s)
+
+
+Prompt = (
+    str
+    | list[int]
+    | Annotated[list[str], Field(min_length=1)]
+    | Annotated[list[list[int]], Field(min_length=1)]
+)
+
+
+class CompletionRequest(_Sampling):
+    prompt: Prompt = Field(description="Text, token ids, or a list of either (one choice per prompt).")
+    max_tokens: int | None = Field(16, ge=1)
+    echo: Literal[False] = Field(False, description="Not supported: must be false.")
+    logprobs: None = Field(None, description="Not supported: must be null.")
+    best_of: int | None = Field(None, ge=1, le=1)
+    suffix: None = Field(None, description="Not supported: must be null.")
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and isinstance(p[0], int):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, description="Default: the rest of the context.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens (newer name).")
+    logprobs: Literal[False] | None = Field(None, description="Not supported.")
+
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
