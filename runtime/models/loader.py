@@ -35,7 +35,8 @@ def checkpoint_files(model_dir: str) -> list[str]:
         )
     missing = [f for f in files if not os.path.isfile(f)]
     if not files or missing:
-        raise ModelError(f"no safetensors weights in {model_dir}" + (f" (missing {missing})" if missing else ""))
+        detail = f" (missing {missing})" if missing else "; --load-format dummy makes random weights"
+        raise ModelError(f"no model.safetensors weights in {model_dir}{detail}")
     return files
 
 

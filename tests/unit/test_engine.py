@@ -1,0 +1,137 @@
+"""Engine behaviour a user sees: batching never changes greedy outputs, limits, stops, errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from graphpilot.runtime.engine.engine import Engine, RequestError
+from graphpilot.runtime.engine.request import SamplingError, SamplingParams
+from helpers import make_engine
+
+WORDS = "the model graph token batch bucket replay capture memory cache request server fast small".split()
+
+
+def prompts(n: int, seed: int = 0, max_words: int = 60) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(1, max_words))) for _ in range(n)]
+
+
+def alone(engine: Engine, ps: list[str], params: SamplingParams) -> list[list[int]]:
+    return [engine.generate([p], params)[0].token_ids for p in ps]
+
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+
+
+@pytest.mark.parametrize("backend", ["off", "eager"])
+def test_32_mixed_prompts_together_equal_each_alone(tiny_dir: str, backend: str) -> None:
+    # a small token budget forces chunked prefill and prefill+decode mixed in one forward
+    engine = make_engine(tiny_dir, graph_backend=backend, max_num_batched_tokens=64)
+    ps = prompts(32)
+    together = [c.token_ids for c in engine.generate(ps, GREEDY)]
+    assert together == alone(engine, ps, GREEDY)
+    assert engine.kv.pool.usage == 0.0
+
+
+def test_kv_exhaustion_preempts_and_requeues_without_dropping(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="off", max_total_tokens=320, block_size=16)
+    ps = prompts(12, seed=3, max_words=30)
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    together = engine.generate(ps, params)
+    assert engine.scheduler.num_preemptions > 0
+    assert all(len(c.token_ids) == 40 and c.finish_reason == "length" for c in together)
+    assert [c.token_ids for c in together] == alone(engine, ps, params)
+    assert engine.kv.pool.num_free_blocks == engine.kv.pool.num_blocks - 1
+
+
+def test_max_running_requests_caps_the_batch(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="off", max_running_requests=3)
+    for p in prompts(8):
+        engine.add_request(p, GREEDY)
+    peak = 0
+    while engine.has_unfinished():
+        engine.step()
+        peak = max(peak, len(engine.scheduler.running))
+    assert peak == 3
+
+
+def test_stop_string_cuts_the_text(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="off")
+    free = engine.generate(["the model"], SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))[0]
+    stop = free.text[3:6]
+    cut = engine.generate(["the model"], SamplingParams(max_tokens=10, temperature=0.0, stop=(stop,)))[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == free.text[: free.text.find(stop)]
+
+
+def test_eos_stops_unless_ignored(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="off")
+    first = engine.generate(["the model"], SamplingParams(max_tokens=1, temperature=0.0))[0].token_ids[0]
+    engine.eos_token_ids = {first}  # make the model's first greedy token the end token
+    assert engine.generate(["the model"], SamplingParams(max_tokens=5, temperature=0.0))[0].finish_reason == "stop"
+    kept = engine.generate(["the model"], SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True))[0]
+    assert len(kept.token_ids) == 5 and kept.finish_reason == "length"
+
+
+def test_abort_frees_blocks_and_others_continue(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="off")
+    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    a = engine.add_request("the model graph token", params)
+    b = engine.add_request("small fast server", params)
+    engine.step()
+    engine.step()
+    assert engine.abort(a)
+    assert not engine.abort(a)
+    outs = []
+    while engine.has_unfinished():
+        outs += engine.step()
+    assert {o.request_id for o in outs} == {b}
+    assert outs[-1].finished and outs[-1].num_output_tokens == 20
+    assert engine.kv.pool.usage == 0.0
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="off")
+    params = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=1234, ignore_eos=True)
+    solo = engine.generate(["the model graph"], params)[0].token_ids
+    crowd = engine.generate(["the model graph", *prompts(7, seed=9)], [params] + [SamplingParams(max_tokens=10, temperature=1.0)] * 7)
+    assert crowd[0].token_ids == solo
+
+
+def test_top_k_one_is_greedy(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="off")
+    greedy = engine.generate(["cache request"], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    topk1 = engine.generate(["cache request"], SamplingParams(max_tokens=8, temperature=1.5, top_k=1, ignore_eos=True))
+    assert greedy[0].token_ids == topk1[0].token_ids
+
+
+def test_prompt_longer_than_the_context_is_refused(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="off", max_model_len=64)
+    with pytest.raises(RequestError, match="maximum context length is 64 tokens"):
+        engine.add_request(list(range(60)), SamplingParams(max_tokens=8))
+    assert not engine.has_unfinished()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_tokens": 0}, "max_tokens must be >= 1"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+    ],
+)
+def test_invalid_sampling_values_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(SamplingError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_empty_and_out_of_vocabulary_prompts_are_refused(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="off")
+    with pytest.raises(RequestError, match="empty"):
+        engine.add_request("", GREEDY)
+    with pytest.raises(RequestError, match="within 0..511"):
+        engine.add_request([5, 100000], GREEDY)

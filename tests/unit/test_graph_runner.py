@@ -1,0 +1,140 @@
+"""The breakable graph runner on the CPU (eager backend): the same segmented, padded path as CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphpilot.runtime.engine.kv_cache import NULL_BLOCK
+from graphpilot.runtime.engine.request import SamplingParams
+from graphpilot.runtime.graphs.breaks import break_handler, graph_break
+from helpers import forward_logits, make_engine, new_request
+from test_engine import GREEDY, prompts
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def test_graph_break_is_a_plain_call_outside_the_runner() -> None:
+    calls = []
+
+    @graph_break
+    def op(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    assert torch.equal(op(torch.ones(3)), torch.full((3,), 2.0))
+    with break_handler(lambda fn, args: calls.append(fn) or fn(*args) + 1):
+        assert torch.equal(op(torch.ones(3)), torch.full((3,), 3.0))
+    assert calls == [op.__wrapped__]
+
+
+@pytest.mark.parametrize("num_tokens", [1, 2, 3, 7, 8, 13, 31, 32, 50])
+def test_eager_backend_equals_off_bit_for_bit_at_every_bucket(tiny_dir: str, num_tokens: int) -> None:
+    off = make_engine(tiny_dir, graph_backend="off")
+    eager = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
+    ids = torch.randint(0, 512, (num_tokens + 3,), generator=torch.Generator().manual_seed(num_tokens)).tolist()
+    ra, rb = new_request(), new_request()
+    # prefill of num_tokens, then a decode step through the cache
+    for chunk in (ids[:num_tokens], ids[num_tokens : num_tokens + 1]):
+        a, b = forward_logits(off, ra, chunk), forward_logits(eager, rb, chunk)
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert sum(eager.runner.replays.values()) == 2 and not eager.runner.rejects
+
+
+@pytest.mark.parametrize("num_requests", [1, 2, 8, 32])
+def test_batches_of_prefill_and_decode_match_off_with_zero_rejects(tiny_dir: str, num_requests: int) -> None:
+    params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+    ps = prompts(num_requests, seed=num_requests, max_words=40)
+    off = make_engine(tiny_dir, graph_backend="off", max_num_batched_tokens=64)
+    eager = make_engine(tiny_dir, graph_backend="eager", max_num_batched_tokens=64, graph_buckets=BUCKETS)
+    assert [c.token_ids for c in eager.generate(ps, params)] == [c.token_ids for c in off.generate(ps, params)]
+    assert not eager.runner.rejects
+    assert sum(eager.runner.replays.values()) > 0
+    mixed = eager.step_log.window(0)
+    assert mixed.graph_tokens > 0 and mixed.eager_tokens == 0
+
+
+def test_forward_above_the_largest_bucket_is_rejected_and_still_correct(tiny_dir: str) -> None:
+    off = make_engine(tiny_dir, graph_backend="off")
+    eager = make_engine(tiny_dir, graph_backend="eager", graph_buckets=(1, 2, 4, 8))
+    ids = list(range(10, 40))
+    a, b = forward_logits(off, new_request(), ids), forward_logits(eager, new_request(), ids)
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert eager.runner.rejects == {"too_many_tokens": 1}
+
+
+def test_padding_above_the_limit_falls_back_with_its_reason(tiny_dir: str) -> None:
+    eager = make_engine(tiny_dir, graph_backend="eager", graph_buckets=(1, 64), graph_max_padding_ratio=0.5)
+    forward_logits(eager, new_request(), list(range(5)))  # 5 -> 64 pads 92%
+    forward_logits(eager, new_request(), list(range(40)))  # 40 -> 64 pads 37%
+    assert eager.runner.rejects == {"padding_ratio": 1}
+    assert eager.runner.replays == {64: 1}
+
+
+def test_off_backend_rejects_as_disabled(tiny_dir: str) -> None:
+    off = make_engine(tiny_dir, graph_backend="off")
+    off.generate(["the model"], GREEDY)
+    assert set(off.runner.rejects) == {"disabled"} and not off.runner.replays
+
+
+def test_padded_rows_never_write_the_kv_cache(tiny_dir: str) -> None:
+    eager = make_engine(tiny_dir, graph_backend="eager", graph_buckets=(16,))
+    req = new_request()
+    forward_logits(eager, req, list(range(3)))  # 3 real rows padded to 16
+    used = set(eager.kv.pool.slots(req, 3))
+    k = eager.kv.k[0]
+    written = {int(i) for i in (k.abs().sum(dim=(1, 2)) > 0).nonzero().flatten()}
+    scratch = set(range(NULL_BLOCK * 16, NULL_BLOCK * 16 + 16))
+    assert written - scratch == used
+
+
+def test_failed_capture_rolls_back_and_generation_continues(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
+    expected = [c.token_ids for c in engine.generate(prompts(4), GREEDY)]
+    results = []
+    engine.runner.fail_capture_at = {8}
+    engine.apply_profile((1, 4, 8, 12, 64), on_done=results.append)
+    got = [c.token_ids for c in engine.generate(prompts(4), GREEDY)]
+    assert results[0].result == "rolled_back" and "bucket 8" in results[0].reason
+    assert engine.runner.buckets == BUCKETS
+    assert got == expected
+    assert engine.runner.recaptures["rolled_back"] == 1
+
+
+def test_live_retune_between_steps_keeps_outputs_identical(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
+    ps = prompts(16, seed=5)
+    expected = [c.token_ids for c in engine.generate(ps, GREEDY)]
+    ids = [engine.add_request(p, GREEDY) for p in ps]
+    results, outputs = [], {i: [] for i in ids}
+    ladders = [(4, 16, 64), (1, 2, 3, 5, 8, 64), (64,), BUCKETS]
+    step = 0
+    while engine.has_unfinished():
+        if step % 3 == 0 and ladders:
+            engine.apply_profile(ladders.pop(0), on_done=results.append)
+        for o in engine.step():
+            outputs[o.request_id] += o.new_token_ids
+        step += 1
+    assert [r.result for r in results] == ["applied"] * 4
+    assert [outputs[i] for i in ids] == expected
+    assert engine.runner.buckets == BUCKETS
+
+
+@pytest.mark.parametrize(
+    ("buckets", "message"),
+    [((), "must not be empty"), ((0, 4), "out of range"), ((8, 4096), "exceeds max_num_batched_tokens")],
+)
+def test_invalid_bucket_sets_are_rejected_and_nothing_changes(tiny_dir: str, buckets, message: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
+    results = []
+    engine.apply_profile(buckets, on_done=results.append)
+    assert results[0].result == "rejected" and message in results[0].reason
+    assert engine.runner.buckets == BUCKETS and not engine.runner.capturing
+
+
+def test_per_bucket_stats_are_measured(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
+    engine.generate(prompts(8), GREEDY)
+    stats = engine.runner.bucket_stats
+    assert sorted(stats) == list(BUCKETS)
+    assert all(s.replay_seconds > 0 and s.capture_seconds > 0 for s in stats.values())
+    assert sum(s.replays for s in stats.values()) == sum(engine.runner.replays.values())

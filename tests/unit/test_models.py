@@ -1,0 +1,89 @@
+"""Our models against the transformers reference implementation, on the same random weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from graphpilot.runtime.config import ConfigError
+from graphpilot.runtime.models.config import ModelError
+from helpers import TINY_ARCHS, forward_logits, make_engine, new_request
+
+# fp32 on the CPU: both sides run the same math in a different op order.
+ATOL = 1e-4
+
+
+@pytest.mark.parametrize("arch", list(TINY_ARCHS))
+def test_logits_match_transformers_prefill_and_decode(arch: str, hf_checkpoints: dict[str, str]) -> None:
+    import transformers
+
+    model_dir = hf_checkpoints[arch]
+    reference = getattr(transformers, arch).from_pretrained(model_dir).float().eval()
+    engine = make_engine(model_dir, graph_backend="off")
+    ids = torch.randint(0, engine.model_config.vocab_size, (24,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(ids[None]).logits[0]
+    req = new_request()
+    prefill = forward_logits(engine, req, ids[:16].tolist())
+    assert (prefill - expected[:16]).abs().max().item() < ATOL
+    for t in range(16, 24):  # token by token through the KV cache
+        step = forward_logits(engine, req, [int(ids[t])])
+        assert (step[0] - expected[t]).abs().max().item() < ATOL, f"decode position {t}"
+
+
+def test_sharded_checkpoint_loads_like_single_file(hf_checkpoints: dict[str, str], tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    src = hf_checkpoints["Qwen3ForCausalLM"]
+    dst = tmp_path / "sharded"
+    shutil.copytree(src, dst)
+    os.remove(dst / "model.safetensors")
+    tensors = load_file(os.path.join(src, "model.safetensors"))
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    weight_map = {}
+    for shard, keys in halves.items():
+        save_file({k: tensors[k] for k in keys}, str(dst / shard))
+        weight_map.update(dict.fromkeys(keys, shard))
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    a = make_engine(src, graph_backend="off").generate(["Hello world"])[0]
+    b = make_engine(str(dst), graph_backend="off").generate(["Hello world"])[0]
+    assert a.token_ids == b.token_ids
+
+
+def test_dummy_load_needs_only_a_config(tmp_path) -> None:
+    from graphpilot.runtime.models.presets import init_model
+
+    d = init_model("tiny", str(tmp_path / "cfg"), with_weights=False)
+    assert not os.path.exists(os.path.join(d, "model.safetensors"))
+    engine = make_engine(d, load_format="dummy", graph_backend="off")
+    out = engine.generate(["one two three"])[0]
+    assert len(out.token_ids) > 0
+
+
+def test_unknown_architecture_is_named(tiny_dir: str, tmp_path) -> None:
+    d = tmp_path / "m"
+    shutil.copytree(tiny_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["MixtralForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="unsupported architecture.*MixtralForCausalLM"):
+        make_engine(str(d))
+
+
+@pytest.mark.parametrize("missing", ["config.json", "tokenizer.json", "model.safetensors"])
+def test_missing_files_are_named(tiny_dir: str, tmp_path, missing: str) -> None:
+    d = tmp_path / "m"
+    shutil.copytree(tiny_dir, d)
+    os.remove(d / missing)
+    with pytest.raises(ModelError, match=missing):
+        make_engine(str(d))
+
+
+def test_missing_model_directory(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        make_engine(str(tmp_path / "nope"))
