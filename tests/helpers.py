@@ -51,7 +51,7 @@ def forward_logits(engine: Engine, req: Request, new_tokens: list[int]) -> torch
     req.prompt_token_ids.extend(new_tokens)
     n, end = len(new_tokens), len(req.prompt_token_ids)
     engine.kv.pool.allocate(req, n)
-    meta = build_attention_metadata([n], [end], [engine.kv.pool.slots(req, end)], engine.device)
+    meta = build_attention_metadata([n], [end], [req.block_table], engine.kv.pool.block_size, engine.device)
     ids = torch.tensor(new_tokens, device=engine.device)
     pos = torch.arange(end - n, end, device=engine.device)
     hidden, _ = engine.runner.forward(ids, pos, ForwardContext(n, meta))

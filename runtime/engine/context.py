@@ -48,39 +48,49 @@ def forward_context(ctx: ForwardContext) -> Iterator[ForwardContext]:
 
 
 def build_attention_metadata(
-    query_lens: list[int], context_lens: list[int], slots: list[list[int]], device: torch.device
+    query_lens: list[int], context_lens: list[int], block_tables: list[list[int]], block_size: int,
+    device: torch.device,
 ) -> AttentionMetadata:
-    """Metadata for a batch; slots[i] are request i's KV slots for positions [0, context_lens[i])."""
-    query_start, slot_mapping, flat = [], [], []
-    start = 0
-    for q, c, s in zip(query_lens, context_lens, slots, strict=True):
-        query_start.append(start)
-        slot_mapping.extend(s[c - q : c])
-        flat.extend(s[:c])
-        start += q
-    flat_t = torch.tensor(flat, dtype=torch.long).to(device, non_blocking=True)
-    kv_slots = list(flat_t.split(list(context_lens)))
+    """Metadata for a batch; request i computes its last query_lens[i] of context_lens[i] positions.
+
+    Slots are derived on the device from the block tables: the host only ships [num_reqs, max_blocks].
+    """  # fmt: skip
+    num_reqs = len(query_lens)
+    max_blocks = max(len(b) for b in block_tables)
+    flat = [b for bt in block_tables for b in (*bt, *([0] * (max_blocks - len(bt))))]
+    tables = torch.tensor(flat, dtype=torch.long).view(num_reqs, max_blocks).to(device, non_blocking=True)
+    ql = torch.tensor(query_lens, dtype=torch.long)
+    cl = torch.tensor(context_lens, dtype=torch.long)
+    # per token: its request and position -> its slot
+    req_of = torch.repeat_interleave(torch.arange(num_reqs), ql)
+    starts = torch.cumsum(ql, 0) - ql
+    pos = (cl - ql)[req_of] + torch.arange(len(req_of)) - starts[req_of]
+    req_of, pos = req_of.to(device, non_blocking=True), pos.to(device, non_blocking=True)
+    slot_mapping = tables[req_of, pos // block_size] * block_size + pos % block_size
     decode = [i for i, q in enumerate(query_lens) if q == 1]
     max_kv = max([context_lens[i] for i in decode], default=1)
-    table = torch.zeros(len(decode), max_kv, dtype=torch.long)
-    for row, i in enumerate(decode):
-        table[row, : context_lens[i]] = torch.tensor(slots[i][: context_lens[i]])
-    lens = torch.tensor([context_lens[i] for i in decode], dtype=torch.long)
-    mask = (torch.arange(max_kv)[None, :] < lens[:, None])[:, None, None, :]
+    kpos = torch.arange(max_kv, device=device)
+    decode_idx = torch.tensor(decode, dtype=torch.long).to(device, non_blocking=True)
+    decode_slots = tables[decode_idx][:, kpos // block_size] * block_size + kpos % block_size
+    decode_lens = cl[decode].to(device, non_blocking=True)
     prefill_reqs = [i for i, q in enumerate(query_lens) if q > 1]
-    prefill_masks = [_prefix_causal_mask(query_lens[i], context_lens[i], device) for i in prefill_reqs]
     return AttentionMetadata(
-        slot_mapping=torch.tensor(slot_mapping, dtype=torch.long).to(device, non_blocking=True),
-        query_start=query_start,
+        slot_mapping=slot_mapping,
+        query_start=starts.tolist(),
         query_lens=list(query_lens),
         context_lens=list(context_lens),
-        kv_slots=kv_slots,
+        kv_slots=[_context_slots(tables[i], context_lens[i], block_size) for i in range(num_reqs)],
         prefill_reqs=prefill_reqs,
-        prefill_masks=prefill_masks,
-        decode_rows=torch.tensor([query_start[i] for i in decode], dtype=torch.long).to(device, non_blocking=True),
-        decode_kv_slots=table.to(device, non_blocking=True),
-        decode_mask=mask.to(device, non_blocking=True),
+        prefill_masks=[_prefix_causal_mask(query_lens[i], context_lens[i], device) for i in prefill_reqs],
+        decode_rows=starts[decode].to(device, non_blocking=True),
+        decode_kv_slots=decode_slots,
+        decode_mask=(kpos[None, :] < decode_lens[:, None])[:, None, None, :],
     )
+
+
+def _context_slots(table: torch.Tensor, context_len: int, block_size: int) -> torch.Tensor:
+    pos = torch.arange(context_len, device=table.device)
+    return table[pos // block_size] * block_size + pos % block_size
 
 
 def _prefix_causal_mask(q: int, c: int, device: torch.device) -> torch.Tensor | None:

@@ -207,18 +207,18 @@ class Engine:
     def _forward(self, batch: ScheduledBatch) -> tuple[list[Request], list[int], Route]:
         ids: list[int] = []
         positions: list[int] = []
-        context_lens, slots, sample_rows, sample_reqs = [], [], [], []
+        context_lens, tables, sample_rows, sample_reqs = [], [], [], []
         for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
             start, end = req.num_computed_tokens, req.num_computed_tokens + n
             ids.extend(req.all_token_ids[start:end])
             positions.extend(range(start, end))
             context_lens.append(end)
-            slots.append(self.kv.pool.slots(req, end))
+            tables.append(req.block_table)
             if end == req.num_tokens:  # all known tokens are in: sample the next one
                 sample_rows.append(len(ids) - 1)
                 sample_reqs.append(req)
         dev = self.device
-        meta = build_attention_metadata(batch.num_new_tokens, context_lens, slots, dev)
+        meta = build_attention_metadata(batch.num_new_tokens, context_lens, tables, self.kv.pool.block_size, dev)
         ctx = ForwardContext(num_tokens=len(ids), attn=meta)
         input_ids = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
         pos = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)

@@ -160,7 +160,7 @@ class GraphRunner:
 
     def _capture_context(self, rows: int) -> ForwardContext:
         # one request whose every position reads and writes the scratch slot: real KV is never touched
-        meta = build_attention_metadata([rows], [rows], [[NULL_BLOCK] * rows], self.device)
+        meta = build_attention_metadata([rows], [rows], [[NULL_BLOCK] * rows], 1, self.device)
         return ForwardContext(num_tokens=rows, attn=meta)
 
     def _run_eager(self, rows: int) -> torch.Tensor:
