@@ -1,0 +1,322 @@
+"""The tuning loop: read stats -> decayed window -> propose -> gate -> apply -> evaluate -> keep or roll back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from graphpilot.runtime.profile import GraphProfile, StatsWindow
+
+from .actuator import ProfileStore, RuntimeAPI, RuntimeUnavailable
+from .costmodel import CostModel
+from .metrics import TunerMetrics
+from .optimizer import Problem, solve
+from .policy import Decision, Evaluation, MemoryPolicy, SafetyGate, calibration
+from .settings import SidecarSettings
+from .stats import Cursor, DecayedWindow
+
+log = logging.getLogger("graphpilot.sidecar")
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The optimiser's answer for the current window, and how it compares with the live buckets."""
+
+    buckets: tuple[int, ...]
+    mem_fraction_static: float | None
+    gain: float  # modelled relative fall of forward time
+    urgent: bool  # the live buckets miss the coverage target: too_many_tokens rejects happen
+    coverage_target: int
+    memory_bytes: float
+    payback_seconds: float  # capture time of the new buckets / forward time saved per second
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, buckets=list(self.buckets))
+
+
+def _with_candidates(
+    sizes: np.ndarray, weights: np.ndarray, extra: set[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add sizes of weight 0 (not observed, but worth a bucket) in sorted order."""
+    new = np.array(sorted(extra - set(sizes.tolist())), dtype=np.int64)
+    if len(new) == 0:
+        return sizes, weights
+    at = np.searchsorted(sizes, new)
+    return np.insert(sizes, at, new), np.insert(weights, at, 0.0)
+
+
+class Tuner:
+    """Owns the tuning state; `tick` does one interval and `run` loops until stopped."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        api: RuntimeAPI,
+        store: ProfileStore,
+        metrics: TunerMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        s = self.settings = settings
+        self.api, self.store, self.clock = api, store, clock
+        self.metrics = metrics or TunerMetrics()
+        self.window = DecayedWindow(s.decay, s.min_weight)
+        self.cursor = Cursor()
+        self.model = CostModel(s.eager_overhead_ratio)
+        self.memory = MemoryPolicy(s.mem_fraction_min, s.mem_fraction_max, s.mem_fraction_step)
+        self.gate = SafetyGate(s.min_gain_ratio, s.cooldown_seconds, s.hold_seconds, s.max_payback_seconds)
+        self.recent: deque[StatsWindow] = deque(maxlen=s.eval_intervals)  # windows before an apply
+        self.evaluation: Evaluation | None = None
+        self.decisions: deque[Decision] = deque(maxlen=50)
+        self.current: dict[str, Any] = {}
+        self.proposal: Proposal | None = None
+        self.restored = False
+        self.failures = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick every interval until `stop` is set; back off while the runtime is unreachable."""
+        while not stop.is_set():
+            delay = self.settings.interval_seconds
+            try:
+                await self.tick()
+                self.failures = 0
+            except RuntimeUnavailable as e:
+                self.failures += 1
+                delay = min(self.settings.backoff_max_seconds, delay * 2 ** min(self.failures - 1, 8))
+                if self.failures == 1 or math.log2(self.failures).is_integer():
+                    log.warning("runtime unreachable", extra={"error": str(e), "failures": self.failures})
+            except Exception:
+                log.exception("tuning step failed")  # a bug must not stop the sidecar serving /status
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def tick(self) -> None:
+        """One interval: read and learn, judge an apply in flight, else maybe apply a better profile."""
+        now = self.clock()
+        window = await self._read_stats()
+        self.current = await self.api.get_profile()
+        if not self.restored:
+            await self._restore(now)
+        buckets = self.buckets
+        self.model.observe_profile(buckets, self.current.get("bucket_stats", []))
+        self.model.calibrate(window, buckets, self.settings.decay)
+        self.window.add(window)
+        self.metrics.padding_waste.set(self.window.padding_waste(buckets))
+        if self.evaluation is not None:
+            self.evaluation.add(window)
+            await self._judge(now)
+            return
+        self.recent.append(window)
+        self.proposal = self.propose(window, now)
+        if self.proposal is not None:
+            self.metrics.expected_gain.set(self.proposal.gain)
+            await self._act(self.proposal, now)
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        return tuple(self.current.get("buckets", ()))
+
+    @property
+    def max_padding_ratio(self) -> float:
+        return float(self.current.get("graph_max_padding_ratio", self.settings.max_padding_ratio))
+
+    @property
+    def mem_fraction(self) -> float | None:
+        """The fraction the runtime will use: the pending one (next start) if any, else the live one."""
+        pending = self.current.get("pending_restart") or {}
+        value = pending.get("mem_fraction_static", self.current.get("mem_fraction_static"))
+        return None if value is None else float(value)
+
+    async def _read_stats(self) -> StatsWindow:
+        window = await self.api.get_stats(self.cursor.value)
+        if not self.cursor.accept(window):
+            log.warning("runtime restarted: counting again from its first step")
+            self.evaluation, self.restored = None, False  # old measurements describe a dead process
+            self.recent.clear()
+            window = await self.api.get_stats(0)
+            self.cursor.accept(window)
+        return window
+
+    def propose(self, window: StatsWindow, now: float) -> Proposal | None:
+        """Best buckets for the window (optimal under the model) and the next memory fraction."""
+        sizes, weights = self.window.arrays()
+        if len(sizes) == 0 or not self.buckets:
+            return None
+        limit = int(self.current.get("max_num_batched_tokens") or sizes[-1])
+        target = min(self.window.quantile(self.settings.coverage_quantile), limit)
+        # the largest bucket gets headroom above the largest size seen, so a slightly longer prompt
+        # does not force a new capture: a candidate of weight 0 that the largest bucket must reach
+        top = min(limit, math.ceil(target * (1 + self.settings.coverage_headroom)))
+        # captured buckets join the candidates (weight 0) so that keeping one is always possible
+        extra = {top} | {b for b in self.buckets if b >= sizes[0]}
+        sizes, weights = _with_candidates(sizes, weights, extra)
+        solution = solve(self._problem(sizes, weights, int(np.searchsorted(sizes, top))))
+        if solution is None:
+            return None
+        current = self.model.expected_seconds(sizes, weights, self.buckets, self.max_padding_ratio)
+        gain = (current - solution.cost) / current if current > 0 else 0.0
+        # seconds of forwards saved per second of wall time, against the capture time of new buckets
+        saved_per_second = gain * window.forward_seconds / self.settings.interval_seconds
+        capture = self.model.capture_seconds(set(solution.buckets) - set(self.buckets))
+        return Proposal(
+            buckets=solution.buckets,
+            mem_fraction_static=self.memory.propose(self.mem_fraction, window, now),
+            gain=gain,
+            urgent=solution.covered and self.buckets[-1] < target,
+            coverage_target=target,
+            memory_bytes=solution.memory_bytes,
+            payback_seconds=capture / saved_per_second if saved_per_second > 0 else math.inf,
+        )
+
+    def _problem(self, sizes: np.ndarray, weights: np.ndarray, min_top_index: int) -> Problem:
+        return Problem(
+            sizes=sizes,
+            weights=weights,
+            graph_seconds=self.model.graph_seconds(sizes),
+            eager_seconds=self.model.eager_seconds(sizes),
+            pool_bytes=self.model.pool_bytes_for(sizes),
+            bucket_bytes=self.model.bucket_bytes,
+            max_buckets=self.settings.max_buckets,
+            memory_budget=self.settings.memory_budget * self.memory.budget_scale,
+            min_top_index=min_top_index,
+            max_padding_ratio=self.max_padding_ratio,
+            bucket_cost=self._capture_cost(sizes),
+        )
+
+    def _capture_cost(self, sizes: np.ndarray) -> np.ndarray:
+        """[m] capture time of a new bucket, in the DP's units: seconds of forwards per window.
+
+        The window holds about interval / (1 - decay) seconds of traffic; capture time spread over
+        max_payback_seconds weighs capture / payback * window seconds against the window's cost.
+        """
+        s = self.settings
+        window_seconds = s.interval_seconds / (1 - s.decay) if s.decay < 1 else s.interval_seconds
+        kappa = self.model.capture_seconds({1}) * window_seconds / s.max_payback_seconds
+        return np.where(np.isin(sizes, self.buckets), 0.0, kappa)
+
+    async def _act(self, p: Proposal, now: float) -> None:
+        if p.buckets != self.buckets:
+            reason = self.gate.refuse(p.buckets, p.gain, p.urgent, now, p.payback_seconds)
+            new = GraphProfile(p.buckets, self.mem_fraction)
+            action = "retune"
+            why = "coverage" if p.urgent else "gain"
+        elif p.mem_fraction_static is not None:
+            reason = "cooldown" if now - self.gate.last_apply < self.gate.cooldown_seconds else None
+            new = GraphProfile(self.buckets, p.mem_fraction_static)
+            action, why = (
+                "mem_fraction",
+                "kv_pressure" if p.mem_fraction_static > (self.mem_fraction or 0) else "kv_idle",
+            )
+        else:
+            return
+        if reason is not None:
+            self._record(Decision(now, action, "skipped", reason, None, new.to_dict(), p.gain))
+        elif self.settings.dry_run:
+            self._record(Decision(now, action, "dry_run", why, None, new.to_dict(), p.gain))
+        else:
+            await self._apply(action, why, new, p.gain, now)
+
+    async def _apply(self, action: str, why: str, new: GraphProfile, gain: float | None, now: float) -> str:
+        old = GraphProfile(self.buckets, self.mem_fraction)
+        answer = await self.api.put_profile(new)
+        result = str(answer.get("result", "rejected"))
+        if isinstance(answer.get("profile"), dict):
+            self.current = answer["profile"]
+        reason = f"{why}: {answer.get('reason', '')}".rstrip(": ")
+        decision = self._record(Decision(now, action, result, reason, old.to_dict(), new.to_dict(), gain))
+        self.gate.applied(now)  # a failure also waits out the cooldown
+        if result == "applied":
+            self.metrics.last_apply.set(now)
+            if action == "retune":
+                calib = calibration(list(self.recent), self.model, old.buckets, self.max_padding_ratio)
+                self.evaluation = Evaluation(old, new, gain or 0.0, calib, decision, self.max_padding_ratio)
+            elif action != "rollback":
+                await self._persist(new)
+        elif result == "rolled_back":
+            self.metrics.rollbacks.inc()
+            self.gate.hold(new.buckets, now)
+            changed = new.mem_fraction_static != old.mem_fraction_static
+            self.memory.on_failure(new.mem_fraction_static if changed else None, now)
+        log.info("profile decision", extra=decision.to_dict())
+        return result
+
+    async def _judge(self, now: float) -> None:
+        ev = self.evaluation
+        assert ev is not None
+        s = self.settings
+        # after ten evaluation windows too idle to judge: nothing to compare, nothing regressed either
+        if not ev.ready(s.eval_intervals, s.eval_min_forwards) and len(ev.windows) < 10 * s.eval_intervals:
+            return
+        gain = ev.measured_gain(self.model) if ev.ready(s.eval_intervals, 1) else 0.0
+        ev.decision.measured_gain = gain
+        self.evaluation = None
+        self.recent.clear()
+        if gain < -s.regression_tolerance:
+            self.gate.hold(ev.new.buckets, now)
+            result = await self._apply("rollback", f"measured {gain:+.1%}", ev.old, None, now)
+            if result == "applied":
+                self.metrics.rollbacks.inc()
+            return
+        self._record(
+            Decision(now, "retune", "kept", f"measured {gain:+.1%}", None, ev.new.to_dict(), None, gain)
+        )
+        await self._persist(GraphProfile(self.buckets, self.mem_fraction))
+
+    async def _restore(self, now: float) -> None:
+        """Apply the persisted profile once per runtime start if the runtime's differs."""
+        self.restored = True
+        kept = await self.store.load()
+        if kept is None:
+            return
+        live = GraphProfile(self.buckets, self.mem_fraction) if self.buckets else None
+        if kept != live and not self.settings.dry_run:
+            await self._apply("restore", "persisted", kept, None, now)
+
+    async def _persist(self, profile: GraphProfile) -> None:
+        try:
+            await self.store.save(profile)
+        except Exception as e:  # persistence must never stop tuning; the next keep retries
+            log.warning("cannot persist the tuned profile", extra={"error": str(e)})
+
+    def _record(self, d: Decision) -> Decision:
+        self.metrics.decisions.labels(action=d.action, result=d.result).inc()
+        last = self.decisions[-1] if self.decisions else None
+        if d.result == "skipped" and last is not None and (last.action, last.result, last.reason) == (
+            d.action, d.result, d.reason):  # fmt: skip
+            self.decisions[-1] = d  # a skip repeated every interval is counted, and listed once
+        else:
+            self.decisions.append(d)
+        return d
+
+    def status(self) -> dict[str, Any]:
+        """Everything /status shows."""
+        ev = self.evaluation
+        return {
+            "window": {
+                "forwards": round(self.window.total, 3),
+                "num_tokens": self.window.distribution(),
+                "rejects": {k: round(v, 3) for k, v in self.window.rejects.items()},
+                "padding_waste_ratio": self.window.padding_waste(self.buckets) if self.buckets else 0.0,
+            },
+            "current": {k: v for k, v in self.current.items()},
+            "proposed": self.proposal.to_dict() if self.proposal else None,
+            "evaluating": None if ev is None else {"new": ev.new.to_dict(), "windows": len(ev.windows)},
+            "decisions": [d.to_dict() for d in self.decisions],
+            "model": {
+                "eager_overhead_seconds": self.model.eager_overhead(),
+                "bucket_bytes": self.model.bucket_bytes,
+                "measured_sizes": len(self.model.replay_seconds),
+            },
+            "runtime": {
+                "failures": self.failures,
+                "restarts": self.cursor.restarts,
+                "lost_steps": self.cursor.lost_steps,
+            },
+        }
