@@ -39,13 +39,13 @@ system-deps: ## Debian packages the tests use (Prometheus server, promtool, open
 	bash hack/system-deps.sh
 
 cluster-tools: ## build (or reuse from cache) the Kubernetes control plane, etcd, kwok, helm
-	bash tests/cluster/build.sh
+	@bash tests/cluster/build.sh
 
-cluster-up: cluster-tools
-	bash tests/cluster/up.sh
+cluster-up: cluster-tools ## start the local control plane with fake GPU nodes; prints `export KUBECONFIG=...`
+	@bash tests/cluster/up.sh
 
-cluster-down:
-	bash tests/cluster/down.sh
+cluster-down: ## stop it (logs stay in the state dir)
+	@bash tests/cluster/down.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

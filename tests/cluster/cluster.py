@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nodes import gpu_node_manifest  # noqa: E402
-from pki import SERVICE_CLUSTER_IP_RANGE, Pki, create_pki, write_kubeconfig  # noqa: E402
-from procs import Proc, log_tail, start_proc  # noqa: E402
+from nodes import gpu_node_manifest
+from pki import SERVICE_CLUSTER_IP_RANGE, Pki, create_pki, write_kubeconfig
+from procs import Proc, log_tail, start_proc
 
 HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("GRAPHPILOT_CACHE") or Path.home() / ".cache" / "graphpilot")
@@ -71,8 +71,9 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, interval: f
 class Cluster:
     """One control plane: its processes, ports, PKI, kubeconfig and logs live in state_dir."""
 
-    def __init__(self, state_dir: Path, bin_dir: Path | None = None, num_nodes: int = 2,
-                 detach: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, state_dir: Path, bin_dir: Path | None = None, num_nodes: int = 2, detach: bool = False
+    ) -> None:
         """detach=False ties the processes to this one: they get SIGKILL if it dies without stop()."""
         self.detach = detach
         self.state_dir = Path(state_dir).resolve()
@@ -100,17 +101,21 @@ class Cluster:
         path = f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
 
-    def run(self, tool: str, *args: str, input: str | None = None, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def run(
+        self, tool: str, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run a cached tool (kubectl, helm, ...) against this cluster; raise with its stderr on failure."""
         argv = [str(self.bin_dir / tool), *args]
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=self.env, timeout=timeout)
+        proc = subprocess.run(
+            argv, input=input, capture_output=True, text=True, env=self.env, timeout=timeout
+        )
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """`kubectl <args>` as cluster admin; raise CalledProcessError (with stderr) unless check=False."""
         return self.run("kubectl", *args, input=input, check=check, timeout=timeout)
 
@@ -127,8 +132,18 @@ class Cluster:
 
     def start(self, timeout: float = 120) -> Cluster:
         """Start everything and wait until /readyz answers ok and every fake node is Ready."""
-        missing = [b for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-                               "kubectl"] if not (self.bin_dir / b).exists()]  # fmt: skip
+        missing = [
+            b
+            for b in [
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kwok",
+                "kubectl",
+            ]
+            if not (self.bin_dir / b).exists()
+        ]
         if missing:
             raise ClusterError(f"missing {', '.join(missing)} in {self.bin_dir}; run tests/cluster/build.sh")
         if self.state_dir.exists():
@@ -147,13 +162,17 @@ class Cluster:
         self.ports = {name: free_port() for name in ["etcd", "etcd-peer", "apiserver", "cm", "scheduler"]}
         self._save()
         self._spawn("etcd", self._etcd_args())
-        wait_until("etcd /health", lambda: self._get(f"http://127.0.0.1:{self.ports['etcd']}/health"), timeout)
+        wait_until(
+            "etcd /health", lambda: self._get(f"http://127.0.0.1:{self.ports['etcd']}/health"), timeout
+        )
         self._spawn("kube-apiserver", self._apiserver_args(pki))
         write_kubeconfig(self.kubeconfig, pki, self.server, "admin", "kubernetes-admin")
         wait_until("kube-apiserver /readyz", lambda: self._get(f"{self.server}/readyz"), timeout)
-        for name, stem, user in [("controller-manager", "controller-manager", "system:kube-controller-manager"),
-                                 ("scheduler", "scheduler", "system:kube-scheduler"),
-                                 ("kwok", "kwok", "kwok-controller")]:  # fmt: skip
+        for name, stem, user in [
+            ("controller-manager", "controller-manager", "system:kube-controller-manager"),
+            ("scheduler", "scheduler", "system:kube-scheduler"),
+            ("kwok", "kwok", "kwok-controller"),
+        ]:
             write_kubeconfig(self.state_dir / f"{name}.kubeconfig", pki, self.server, stem, user)
         self._spawn("kube-controller-manager", self._controller_manager_args(pki))
         self._spawn("kube-scheduler", self._scheduler_args())
@@ -161,13 +180,24 @@ class Cluster:
         # Plain create, not apply: the Node's status (GPU capacity) is kept only on create.
         nodes = {"apiVersion": "v1", "kind": "List", "items": [gpu_node_manifest(n) for n in self.node_names]}
         self.kubectl("create", "-f", "-", input=json.dumps(nodes))
-        for name, port in [("kube-controller-manager", self.ports["cm"]), ("kube-scheduler", self.ports["scheduler"])]:
-            wait_until(f"{name} /healthz", lambda p=port: self._get(f"https://127.0.0.1:{p}/healthz"), timeout)
-        self.kubectl("wait", "--for=condition=Ready", "node", "--all", f"--timeout={int(timeout)}s",
-                     timeout=timeout + 10)  # fmt: skip
+        cm_healthz = f"https://127.0.0.1:{self.ports['cm']}/healthz"
+        wait_until("kube-controller-manager /healthz", lambda: self._get(cm_healthz), timeout)
+        scheduler_healthz = f"https://127.0.0.1:{self.ports['scheduler']}/healthz"
+        wait_until("kube-scheduler /healthz", lambda: self._get(scheduler_healthz), timeout)
+        self.kubectl(
+            "wait",
+            "--for=condition=Ready",
+            "node",
+            "--all",
+            f"--timeout={int(timeout)}s",
+            timeout=timeout + 10,
+        )
         # Pods need the namespace's default ServiceAccount, which the controller-manager creates.
-        wait_until("the default ServiceAccount", lambda: self.kubectl(
-            "get", "serviceaccount", "default", check=False).returncode == 0, timeout)  # fmt: skip
+        wait_until(
+            "the default ServiceAccount",
+            lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+            timeout,
+        )
 
     def stop(self) -> None:
         """Stop every component (its whole process group), newest first; leave the state dir for its logs."""
@@ -196,9 +226,14 @@ class Cluster:
     # -- internals -----------------------------------------------------------------------------
 
     def _save(self) -> None:
-        data = {"bin_dir": str(self.bin_dir), "num_nodes": self.num_nodes, "ports": self.ports,
-                "server": self.server if "apiserver" in self.ports else None,
-                "kubeconfig": str(self.kubeconfig), "procs": [p.to_dict() for p in self.procs]}  # fmt: skip
+        data = {
+            "bin_dir": str(self.bin_dir),
+            "num_nodes": self.num_nodes,
+            "ports": self.ports,
+            "server": self.server if "apiserver" in self.ports else None,
+            "kubeconfig": str(self.kubeconfig),
+            "procs": [p.to_dict() for p in self.procs],
+        }
         (self.state_dir / STATE_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
@@ -228,51 +263,73 @@ class Cluster:
     def _etcd_args(self) -> list[str]:
         client, peer = f"http://127.0.0.1:{self.ports['etcd']}", f"http://127.0.0.1:{self.ports['etcd-peer']}"
         return [
-            "--name=default", f"--data-dir={self.state_dir / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=default={peer}", "--log-level=warn",
+            "--name=default",
+            f"--data-dir={self.state_dir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=default={peer}",
+            "--log-level=warn",
             # Test data is disposable: skipping fsync makes every write an order of magnitude faster.
             "--unsafe-no-fsync",
-        ]  # fmt: skip
+        ]
 
     def _apiserver_args(self, pki: Pki) -> list[str]:
         return [
             f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports['apiserver']}", "--advertise-address=127.0.0.1",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports['apiserver']}",
+            "--advertise-address=127.0.0.1",
             # The in-cluster `kubernetes` Service cannot point at a loopback address; nothing in-cluster needs it.
             "--endpoint-reconciler-type=none",
-            f"--tls-cert-file={pki.crt('apiserver')}", f"--tls-private-key-file={pki.key('apiserver')}",
-            f"--client-ca-file={pki.ca_crt}", "--authorization-mode=Node,RBAC",
-            f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
+            f"--tls-cert-file={pki.crt('apiserver')}",
+            f"--tls-private-key-file={pki.key('apiserver')}",
+            f"--client-ca-file={pki.ca_crt}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}", "--allow-privileged=true",
-            f"--cert-dir={self.state_dir / 'apiserver'}", "--profiling=false",
-        ]  # fmt: skip
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--allow-privileged=true",
+            f"--cert-dir={self.state_dir / 'apiserver'}",
+            "--profiling=false",
+        ]
 
     def _controller_manager_args(self, pki: Pki) -> list[str]:
         kubeconfig = self.state_dir / "controller-manager.kubeconfig"
         return [
-            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports['cm']}",
-            f"--cert-dir={self.state_dir / 'controller-manager'}", "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports['cm']}",
+            f"--cert-dir={self.state_dir / 'controller-manager'}",
+            "--leader-elect=false",
             # `*` runs every default controller: service accounts and their tokens, garbage collection,
             # deployments, replica sets, node lifecycle, namespaces, ...
-            "--controllers=*", "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={pki.sa_key}", f"--root-ca-file={pki.ca_crt}",
-            f"--cluster-signing-cert-file={pki.ca_crt}", f"--cluster-signing-key-file={pki.ca_key}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}", "--profiling=false",
-        ]  # fmt: skip
+            "--controllers=*",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki.sa_key}",
+            f"--root-ca-file={pki.ca_crt}",
+            f"--cluster-signing-cert-file={pki.ca_crt}",
+            f"--cluster-signing-key-file={pki.ca_key}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--profiling=false",
+        ]
 
     def _scheduler_args(self) -> list[str]:
         kubeconfig = self.state_dir / "scheduler.kubeconfig"
         return [
-            f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports['scheduler']}",
-            f"--cert-dir={self.state_dir / 'scheduler'}", "--leader-elect=false", "--profiling=false",
-        ]  # fmt: skip
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports['scheduler']}",
+            f"--cert-dir={self.state_dir / 'scheduler'}",
+            "--leader-elect=false",
+            "--profiling=false",
+        ]
 
     def _kwok_args(self) -> list[str]:
         kwok_dir = self.state_dir / "kwok"
@@ -282,10 +339,14 @@ class Cluster:
         # leases, pods Running and Ready), and nothing read from the user's home directory.
         config.write_text("apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n")
         return [
-            f"--kubeconfig={self.state_dir / 'kwok.kubeconfig'}", f"--config={config}",
-            "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--node-lease-duration-seconds=40", "--cidr=10.244.0.0/16", "--node-ip=10.240.0.1",
-        ]  # fmt: skip
+            f"--kubeconfig={self.state_dir / 'kwok.kubeconfig'}",
+            f"--config={config}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-lease-duration-seconds=40",
+            "--cidr=10.244.0.0/16",
+            "--node-ip=10.240.0.1",
+        ]
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -308,8 +369,10 @@ def _up(args: argparse.Namespace) -> int:
     except ClusterError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"ready in {time.monotonic() - start:.1f}s: {cluster.server}, nodes {', '.join(cluster.node_names)}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"ready in {time.monotonic() - start:.1f}s: {cluster.server}, nodes {', '.join(cluster.node_names)}",
+        file=sys.stderr,
+    )
     print(f"logs in {cluster.state_dir / 'logs'}; stop it with `make cluster-down`", file=sys.stderr)
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0
@@ -326,7 +389,9 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ["up", "down"]:
         cmd = sub.add_parser(name)

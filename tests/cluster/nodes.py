@@ -22,8 +22,13 @@ NODE_LABELS = {
 
 def gpu_node_manifest(name: str) -> dict[str, Any]:
     """A Node that kwok manages (annotation kwok.x-k8s.io/node=fake) with 8 GPUs."""
-    resources = {"cpu": "64", "memory": "512Gi", "pods": "110", "ephemeral-storage": "1Ti",
-                 GPU_RESOURCE: str(GPUS_PER_NODE)}  # fmt: skip
+    resources = {
+        "cpu": "64",
+        "memory": "512Gi",
+        "pods": "110",
+        "ephemeral-storage": "1Ti",
+        GPU_RESOURCE: str(GPUS_PER_NODE),
+    }
     return {
         "apiVersion": "v1",
         "kind": "Node",

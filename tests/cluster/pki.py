@@ -66,7 +66,16 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _ec_key(path: Path) -> None:
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path.name, cwd=path.parent)
+    _openssl(
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        path.name,
+        cwd=path.parent,
+    )
 
 
 def _sign(pki: Pki, name: str, subject: str, extensions: str) -> None:
@@ -77,9 +86,24 @@ def _sign(pki: Pki, name: str, subject: str, extensions: str) -> None:
     csr = f"{name}.csr"
     _openssl("req", "-new", "-key", pki.key(name).name, "-subj", subject, "-out", csr, cwd=pki.dir)
     _openssl(
-        "x509", "-req", "-in", csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", DAYS, "-sha256", "-extfile", ext.name, "-out", pki.crt(name).name, cwd=pki.dir,
-    )  # fmt: skip
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        DAYS,
+        "-sha256",
+        "-extfile",
+        ext.name,
+        "-out",
+        pki.crt(name).name,
+        cwd=pki.dir,
+    )
     (pki.dir / csr).unlink()
     ext.unlink()
 
@@ -92,15 +116,30 @@ def create_pki(dir: Path) -> Pki:
     pki = Pki(dir)
     _ec_key(pki.ca_key)
     _openssl(
-        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=graphpilot-test-ca", "-days", DAYS,
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-out", "ca.crt", cwd=dir,
-    )  # fmt: skip
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=graphpilot-test-ca",
+        "-days",
+        DAYS,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-out",
+        "ca.crt",
+        cwd=dir,
+    )
     leaf = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
     _sign(
-        pki, "apiserver", "/CN=kube-apiserver",
+        pki,
+        "apiserver",
+        "/CN=kube-apiserver",
         leaf + f"extendedKeyUsage=serverAuth\nsubjectAltName={','.join(APISERVER_SANS)}\n",
-    )  # fmt: skip
+    )
     for stem, user, group in CLIENTS:
         subject = f"/CN={user}" + (f"/O={group}" if group else "")
         _sign(pki, stem, subject, leaf + "extendedKeyUsage=clientAuth\n")

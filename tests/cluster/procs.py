@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -60,10 +61,8 @@ class Proc:
                 time.sleep(0.05)
 
     def _signal(self, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "pid": self.pid, "start_ticks": self.start_ticks}
@@ -73,14 +72,20 @@ class Proc:
         return cls(data["name"], data["pid"], data["start_ticks"])
 
 
-def start_proc(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
-               die_with_parent: bool = False) -> Proc:  # fmt: skip
+def start_proc(
+    name: str, argv: list[str], log: Path, env: dict[str, str] | None = None, die_with_parent: bool = False
+) -> Proc:
     """Start argv in a new session with stdout and stderr appended to log."""
     with open(log, "ab") as out:
         popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, preexec_fn=_die_with_parent if die_with_parent else None,
-        )  # fmt: skip
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
+        )
     return Proc(name, popen.pid, _start_ticks(popen.pid), popen)
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
-sys.path.insert(0, str(CLUSTER_DIR))
-from cluster import Cluster, ClusterError, wait_until  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+from cluster import HERE as CLUSTER_DIR
+from cluster import Cluster, ClusterError, wait_until
 
 
 def _build_tools(request: pytest.FixtureRequest) -> None:
@@ -33,8 +33,12 @@ def _build_tools(request: pytest.FixtureRequest) -> None:
     capture = request.config.pluginmanager.getplugin("capturemanager")
     last: deque[str] = deque(maxlen=30)
     with capture.global_and_fixture_disabled():
-        proc = subprocess.Popen(["bash", str(CLUSTER_DIR / "build.sh")], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            ["bash", str(CLUSTER_DIR / "build.sh")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stderr.write(line)
@@ -65,7 +69,10 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     name = f"{stem}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
     # Pods are refused until the controller-manager has made the namespace's default ServiceAccount.
-    wait_until(f"ServiceAccount default in {name}", lambda: cluster.kubectl(
-        "get", "serviceaccount", "default", "-n", name, check=False).returncode == 0, timeout=30)  # fmt: skip
+    wait_until(
+        f"ServiceAccount default in {name}",
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        timeout=30,
+    )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-from cluster import Cluster, versions, wait_until  # noqa: E402
-from nodes import GPU_RESOURCE, GPU_TOLERATION, GPUS_PER_NODE  # noqa: E402
+from cluster import Cluster, versions, wait_until
+from nodes import GPU_RESOURCE, GPU_TOLERATION, GPUS_PER_NODE
 
 pytestmark = pytest.mark.e2e
 
@@ -35,9 +35,12 @@ def deployment(name: str, namespace: str, gpus: int, tolerate_gpu_taint: bool = 
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": pod_spec}},
-    }  # fmt: skip
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
 
 
 def test_versions_are_the_pinned_releases(cluster: Cluster) -> None:
@@ -72,8 +75,13 @@ def test_gpu_deployment_runs_on_a_gpu_node_and_is_garbage_collected(cluster: Clu
 
     # Owner references: deleting the Deployment lets the garbage collector remove its ReplicaSet and pods.
     cluster.kubectl("delete", "deployment", "llm", "-n", namespace, "--cascade=background")
-    wait_until("the ReplicaSet and pod to be garbage-collected", lambda: not cluster.kubectl_json(
-        "get", "replicasets,pods", "-n", namespace, "-l", "app=llm")["items"], timeout=60)  # fmt: skip
+    wait_until(
+        "the ReplicaSet and pod to be garbage-collected",
+        lambda: (
+            not cluster.kubectl_json("get", "replicasets,pods", "-n", namespace, "-l", "app=llm")["items"]
+        ),
+        timeout=60,
+    )
 
 
 def test_more_gpus_than_a_node_has_stay_pending(cluster: Cluster, namespace: str) -> None:
@@ -85,7 +93,8 @@ def test_more_gpus_than_a_node_has_stay_pending(cluster: Cluster, namespace: str
 def test_pod_without_the_gpu_toleration_stays_pending(cluster: Cluster, namespace: str) -> None:
     cluster.apply(deployment("no-toleration", namespace, gpus=1, tolerate_gpu_taint=False))
     event = _wait_for_failed_scheduling(cluster, namespace, "app=no-toleration")
-    assert "untolerated taint" in event["message"] and GPU_RESOURCE in event["message"]
+    # e.g. "0/2 nodes are available: 2 node(s) had untolerated taint(s). ..."
+    assert f"{len(cluster.node_names)} node(s) had untolerated taint" in event["message"]
     (pod,) = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", "app=no-toleration")["items"]
     assert pod["status"]["phase"] == "Pending"
     assert "nodeName" not in pod["spec"]
@@ -99,9 +108,14 @@ def _wait_for_failed_scheduling(cluster: Cluster, namespace: str, selector: str)
         pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", selector)["items"]
         if not pods:
             return False
-        events[:] = cluster.kubectl_json("get", "events", "-n", namespace, "--field-selector",
-                                         f"reason=FailedScheduling,involvedObject.name={pods[0]['metadata']['name']}",
-                                         )["items"]  # fmt: skip
+        events[:] = cluster.kubectl_json(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            f"reason=FailedScheduling,involvedObject.name={pods[0]['metadata']['name']}",
+        )["items"]
         return bool(events)
 
     wait_until(f"a FailedScheduling event for {selector}", failed, timeout=60)
@@ -127,8 +141,15 @@ def test_rbac_denies_an_unprivileged_service_account(cluster: Cluster, namespace
     user = f"system:serviceaccount:{namespace}:reader"
     cluster.kubectl("create", "serviceaccount", "reader", "-n", namespace)
     cluster.kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
-    cluster.kubectl("create", "rolebinding", "reader", "--role=pod-reader",
-                    f"--serviceaccount={namespace}:reader", "-n", namespace)  # fmt: skip
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:reader",
+        "-n",
+        namespace,
+    )
 
     def can_i(verb: str, resource: str) -> str:
         proc = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as={user}", check=False)
@@ -151,7 +172,7 @@ def test_rbac_denies_an_unprivileged_service_account(cluster: Cluster, namespace
 
 
 CEL_MESSAGE = "minReplicas must not exceed maxReplicas"
-CRD = {
+CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
     "metadata": {"name": "replicaranges.e2e.graphpilot.dev"},
@@ -159,34 +180,58 @@ CRD = {
         "group": "e2e.graphpilot.dev",
         "names": {"kind": "ReplicaRange", "plural": "replicaranges", "singular": "replicarange"},
         "scope": "Namespaced",
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
-                "type": "object",
-                "properties": {"minReplicas": {"type": "integer"}, "maxReplicas": {"type": "integer"}},
-                "x-kubernetes-validations": [{"rule": "self.minReplicas <= self.maxReplicas",
-                                              "message": CEL_MESSAGE}],
-            }}}},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {
+                                    "minReplicas": {"type": "integer"},
+                                    "maxReplicas": {"type": "integer"},
+                                },
+                                "x-kubernetes-validations": [
+                                    {"rule": "self.minReplicas <= self.maxReplicas", "message": CEL_MESSAGE}
+                                ],
+                            }
+                        },
+                    }
+                },
+            }
+        ],
     },
-}  # fmt: skip
+}
 
 
 def test_crd_cel_rule_rejects_a_bad_object_with_its_message(cluster: Cluster, namespace: str) -> None:
     cluster.apply(CRD)
     try:
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD['metadata']['name']}", "--timeout=30s")
+        cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{CRD['metadata']['name']}", "--timeout=30s"
+        )
 
         def replica_range(name: str, lo: int, hi: int) -> str:
-            return json.dumps({"apiVersion": "e2e.graphpilot.dev/v1", "kind": "ReplicaRange",
-                               "metadata": {"name": name, "namespace": namespace},
-                               "spec": {"minReplicas": lo, "maxReplicas": hi}})  # fmt: skip
+            return json.dumps(
+                {
+                    "apiVersion": "e2e.graphpilot.dev/v1",
+                    "kind": "ReplicaRange",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"minReplicas": lo, "maxReplicas": hi},
+                }
+            )
 
         bad = cluster.kubectl("create", "-f", "-", input=replica_range("bad", 3, 1), check=False)
         assert bad.returncode != 0
         assert CEL_MESSAGE in bad.stderr and "Invalid value" in bad.stderr
         cluster.kubectl("create", "-f", "-", input=replica_range("good", 1, 3))
-        assert cluster.kubectl_json("get", "replicarange", "good", "-n", namespace)["spec"]["maxReplicas"] == 3
+        assert (
+            cluster.kubectl_json("get", "replicarange", "good", "-n", namespace)["spec"]["maxReplicas"] == 3
+        )
     finally:
         cluster.kubectl("delete", "crd", CRD["metadata"]["name"], "--wait=false", check=False)
 
