@@ -113,15 +113,18 @@ def _add_errors(app: FastAPI, runtime: AsyncEngine, metrics: ServerMetrics) -> N
 
 def validation_message(errors: Any) -> tuple[str, str | None]:
     """One readable line from pydantic errors: 'field: what is wrong', the field as `param`."""
-    parts: list[str] = []
-    param = None
-    for err in list(errors)[:3]:
+    errors = list(errors)
+    for err in errors:
         if err.get("type") == "json_invalid":
             return f"the body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}", None
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        param = param or (loc[0] if loc else None)
-        parts.append(f"{'.'.join(loc) or 'body'}: {err['msg']}")
-    return "; ".join(dict.fromkeys(parts)) or "invalid request", param
+    locs = [[str(x) for x in err.get("loc", ()) if x != "body"] for err in errors]
+    first = locs[0][:1] if locs and locs[0] else []
+    if len(errors) > 1 and first and all(loc[:1] == first for loc in locs):
+        # one field, several union branches failed: name the forms it may take
+        forms = ", ".join(dict.fromkeys(loc[1] for loc in locs if len(loc) > 1))
+        return f"{first[0]}: invalid value; allowed forms: {forms}", first[0]
+    parts = [f"{'.'.join(loc) or 'body'}: {err['msg']}" for loc, err in zip(locs, errors, strict=True)][:3]
+    return "; ".join(dict.fromkeys(parts)) or "invalid request", first[0] if first else None
 
 
 class BodyLimit:

@@ -75,7 +75,7 @@ def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
 
 def _check(request: Request, body: _Sampling) -> Any:
     engine = _runtime(request).check_ready()
-    if body.model != request.app.state.served_model_name:
+    if body.model is not None and body.model != request.app.state.served_model_name:
         raise APIError(404, f"the model {body.model!r} does not exist; this server serves "
                        f"{request.app.state.served_model_name!r}", param="model", code="model_not_found")  # fmt: skip
     return engine

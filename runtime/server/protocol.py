@@ -40,7 +40,7 @@ class _Sampling(BaseModel):
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str = Field(description="The served model name (see /v1/models).")
+    model: str | None = Field(None, description="The served model name (see /v1/models); default: that one.")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="GraphPilot extension: keep the k most likely tokens (0: off).")

@@ -1,0 +1,149 @@
+"""The official openai client against a real server: completions and chat, streaming and not."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import httpx
+import openai
+import pytest
+
+PROMPTS = [f"{a} + {b} =" for a, b in [(1, 2), (17, 25), (300, 4), (9, 9)]] + [
+    "hello world", "the graph replay of a bucket", "what is the answer", "red blue green",
+]  # fmt: skip
+
+
+def client(rt, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=rt.openai_url, api_key="unused", max_retries=0, timeout=120, **kw)
+
+
+def aclient(rt) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=rt.openai_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models_lists_the_served_model(tiny_runtime):
+    models = client(tiny_runtime).models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+
+
+def test_completion_and_usage(tiny_runtime):
+    c = client(tiny_runtime).completions.create(
+        model="tiny", prompt="hello world", max_tokens=6, temperature=0
+    )
+    assert c.object == "text_completion"
+    assert c.choices[0].finish_reason == "length"
+    assert c.choices[0].text
+    assert c.usage.completion_tokens == 6
+    assert c.usage.prompt_tokens > 0
+    assert c.usage.total_tokens == c.usage.prompt_tokens + 6
+
+
+def test_streamed_completion_equals_the_whole_one(tiny_runtime):
+    api = client(tiny_runtime)
+    whole = api.completions.create(model="tiny", prompt="red blue green", max_tokens=12, temperature=0)
+    chunks = list(api.completions.create(model="tiny", prompt="red blue green", max_tokens=12, temperature=0,
+                                         stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_list_of_prompts_gets_one_choice_each(tiny_runtime):
+    api = client(tiny_runtime)
+    both = api.completions.create(model="tiny", prompt=PROMPTS[:2], max_tokens=5, temperature=0)
+    one = [api.completions.create(model="tiny", prompt=p, max_tokens=5, temperature=0) for p in PROMPTS[:2]]
+    assert [c.index for c in both.choices] == [0, 1]
+    assert [c.text for c in both.choices] == [o.choices[0].text for o in one]
+    assert both.usage.completion_tokens == 10
+
+
+def test_chat_streaming_and_not(tiny_runtime):
+    api = client(tiny_runtime)
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is the answer"}]
+    whole = api.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0)
+    assert whole.object == "chat.completion"
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.usage.completion_tokens <= 10
+    chunks = list(
+        api.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0, stream=True)
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_seeded_sampling_is_reproducible(tiny_runtime):
+    api = client(tiny_runtime)
+    kw = {"model": "tiny", "prompt": "hello", "max_tokens": 8, "temperature": 1.0, "seed": 7}
+    assert api.completions.create(**kw).choices[0].text == api.completions.create(**kw).choices[0].text
+
+
+def test_32_concurrent_clients_get_their_greedy_results(tiny_runtime):
+    api = client(tiny_runtime)
+    expected = {p: api.completions.create(model="tiny", prompt=p, max_tokens=10, temperature=0).choices[0].text
+                for p in PROMPTS}  # fmt: skip
+    chat_msgs = [{"role": "user", "content": "hello world"}]
+    chat_expected = api.chat.completions.create(
+        model="tiny", messages=chat_msgs, max_tokens=10, temperature=0
+    )
+
+    async def one(i: int) -> tuple[str, str]:
+        c, p = aclient(tiny_runtime), PROMPTS[i % len(PROMPTS)]
+        kind = i % 4
+        if kind == 0:
+            r = await c.completions.create(model="tiny", prompt=p, max_tokens=10, temperature=0)
+            return r.choices[0].text, expected[p]
+        if kind == 1:
+            stream = await c.completions.create(
+                model="tiny", prompt=p, max_tokens=10, temperature=0, stream=True
+            )
+            return "".join([ch.choices[0].text async for ch in stream]), expected[p]
+        if kind == 2:
+            r = await c.chat.completions.create(
+                model="tiny", messages=chat_msgs, max_tokens=10, temperature=0
+            )
+            return r.choices[0].message.content, chat_expected.choices[0].message.content
+        stream = await c.chat.completions.create(model="tiny", messages=chat_msgs, max_tokens=10, temperature=0,
+                                                 stream=True)  # fmt: skip
+        text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
+        return text, chat_expected.choices[0].message.content
+
+    async def run() -> list[tuple[str, str]]:
+        return await asyncio.gather(*(one(i) for i in range(32)))
+
+    results = asyncio.run(run())
+    assert len(results) == 32
+    for got, want in results:
+        assert got == want
+
+
+def _metric(rt, name: str) -> float:
+    for line in httpx.get(rt.base_url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_aborts_the_request(tiny_runtime, stream):
+    aborted = _metric(tiny_runtime, 'graphpilot_requests_total{status="abort"}')
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 1500, "ignore_eos": True, "stream": stream}
+    with httpx.Client(timeout=120) as http:
+        if stream:
+            with http.stream("POST", tiny_runtime.openai_url + "/completions", json=body) as r:
+                lines = r.iter_lines()
+                assert next(line for line in lines if line.startswith("data:"))
+        else:
+            with contextlib.suppress(httpx.ReadTimeout):  # the client gives up long before 1500 tokens
+                http.post(tiny_runtime.openai_url + "/completions", json=body, timeout=1.0)
+    # the server notices, aborts the request and frees its slot: nothing keeps running
+    deadline = time.monotonic() + 60
+    while _metric(tiny_runtime, 'graphpilot_requests_total{status="abort"}') < aborted + 1:
+        assert time.monotonic() < deadline, "the abandoned request was never aborted"
+        time.sleep(0.1)
+    while _metric(tiny_runtime, "graphpilot_num_requests_running") > 0:
+        assert time.monotonic() < deadline, "an aborted request kept running"
+        time.sleep(0.1)
