@@ -17,9 +17,10 @@ def _run(args: argparse.Namespace) -> int:
     import graphpilot.operator.handlers  # noqa: F401  (registers the handlers)
 
     log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL
-    kopf.configure(
-        debug=args.debug, verbose=args.verbose, quiet=not (args.verbose or args.debug), log_format=log_format
-    )
+    # Quiet by default: warnings only; what the operator does is posted as Kubernetes events.
+    kopf.configure(debug=args.debug, quiet=not (args.verbose or args.debug), log_format=log_format)
+    if not args.debug:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API request otherwise
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,

@@ -29,7 +29,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{GROUP}/operator"
-    settings.posting.level = logging.WARNING
+    settings.posting.level = logging.WARNING  # kopf's own log lines; ours are explicit events
     settings.execution.max_workers = int(os.environ.get("GRAPHPILOT_OPERATOR_WORKERS", "8"))
     settings.watching.server_timeout = 300
     memo.kube = Kube()
@@ -38,7 +38,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 def _retry(e: KubeError, what: str) -> kopf.TemporaryError:
-    return kopf.TemporaryError(f"{what}: {e.message}", delay=5 if e.retriable else 30)
+    return kopf.TemporaryError(f"{what}: {e.message}", delay=5 if e.retriable else 15)
 
 
 def _apply(kube: Kube, body: kopf.Body, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -50,9 +50,9 @@ def _apply(kube: Kube, body: kopf.Body, manifest: dict[str, Any]) -> dict[str, A
     except KubeError as e:
         raise _retry(e, f"applying {kind} {meta['name']}") from e
     if before is None:
-        kopf.info(body, reason="Created", message=f"created {kind} {meta['name']}")
+        kopf.event(body, type="Normal", reason="Created", message=f"created {kind} {meta['name']}")
     elif before["metadata"].get("resourceVersion") != after["metadata"].get("resourceVersion"):
-        kopf.info(body, reason="Updated", message=f"updated {kind} {meta['name']}")
+        kopf.event(body, type="Normal", reason="Updated", message=f"updated {kind} {meta['name']}")
     return after
 
 
@@ -63,7 +63,12 @@ def _prune(kube: Kube, body: kopf.Body, api_version: str, kind: str, namespace: 
             r.get("uid") == body["metadata"]["uid"] for r in existing["metadata"].get("ownerReferences") or ()
         )
         if owned and kube.delete(api_version, kind, namespace, name):
-            kopf.info(body, reason="Deleted", message=f"deleted {kind} {name}: no longer wanted by the spec")
+            kopf.event(
+                body,
+                type="Normal",
+                reason="Deleted",
+                message=f"deleted {kind} {name}: no longer wanted by the spec",
+            )
     except KubeError as e:
         raise _retry(e, f"pruning {kind} {name}") from e
 
@@ -75,7 +80,7 @@ def _announce_profile(body: kopf.Body, decision: ProfileDecision, status: kopf.S
     p = decision.profile
     if decision.tuned.reason == "ProfileAccepted":
         msg = f"new pods start with the tuned profile: {len(p.buckets)} buckets up to {p.max_bucket}, mem_fraction_static {p.mem_fraction_static}"
-        kopf.info(body, reason="ProfileAccepted", message=msg)
+        kopf.event(body, type="Normal", reason="ProfileAccepted", message=msg)
     elif decision.tuned.reason in ("InvalidProfile", "ProfileOutOfBounds"):
         kopf.warn(body, reason=decision.tuned.reason, message=decision.tuned.message)
 
@@ -105,7 +110,6 @@ def reconcile(
     for manifest in (res.service_account(owner), res.role(owner), res.role_binding(owner),
                      res.config_map(owner, s, decision.profile, decision.source), res.service(owner, s)):  # fmt: skip
         _apply(kube, body, manifest)
-    dep = _apply(kube, body, res.deployment(owner, s, image))
     if s.pdb_enabled:
         _apply(kube, body, res.disruption_budget(owner, s))
     else:
@@ -118,6 +122,9 @@ def reconcile(
         _apply(kube, body, res.service_monitor(owner, s))
     elif monitors:
         _prune(kube, body, "monitoring.coreos.com/v1", "ServiceMonitor", ns, name)
+    # The Deployment goes last: its generation annotation then means "everything for this generation
+    # is applied", which is what status.observedGeneration reports.
+    dep = _apply(kube, body, res.deployment(owner, s, image))
 
     patch.status.update(_status(owner, s, decision, dep, dict(status), memo.cluster_domain))
 

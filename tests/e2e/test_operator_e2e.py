@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-from cluster import Cluster, wait_until
+from cluster import Cluster, versions, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +77,9 @@ class Operator:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def count(self, text: str) -> int:
+        return self.log.read_text(errors="replace").count(text) if self.log.exists() else 0
 
     def tail(self, lines: int = 60) -> str:
         return (
@@ -165,7 +168,8 @@ def test_chart_is_lint_clean_and_server_side_valid(cluster: Cluster) -> None:
         [],
         ["--set", "watchNamespaces={a,b}", "--set", "crds.keep=false", "--set", "logLevel=debug"],
     ):
-        rendered = cluster.run("helm", "template", "gp-dry", str(CHART), "-n", "default", *sets).stdout
+        kube = f"--kube-version={versions()['KUBERNETES_VERSION']}"
+        rendered = cluster.run("helm", "template", "gp-dry", str(CHART), "-n", "default", kube, *sets).stdout
         dry = cluster.kubectl(
             "apply", "--dry-run=server", "--validate=strict", "-f", "-", input=rendered, check=False
         )
@@ -239,9 +243,8 @@ def test_scale_and_spec_change_roll_out_truthfully(
         operator,
     )
     wait_for("Ready at 3", lambda: is_ready(get(cluster, namespace, "gpis", name)), operator)
-    scale = cluster.kubectl_json(
-        "get", "--raw", f"/apis/graphpilot.dev/v1alpha1/namespaces/{namespace}/inferenceservices/{name}/scale"
-    )
+    path = f"/apis/graphpilot.dev/v1alpha1/namespaces/{namespace}/inferenceservices/{name}/scale"
+    scale = json.loads(cluster.kubectl("get", "--raw", path).stdout)
     assert scale["status"]["replicas"] == 3 and scale["status"]["selector"].startswith(
         "app.kubernetes.io/instance="
     )
@@ -411,16 +414,24 @@ def test_deleting_the_service_removes_everything_it_owned(
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
     cluster: Cluster, namespace: str, operator: Operator
 ) -> None:
+    # A quota that refuses PodDisruptionBudgets stops the reconcile halfway (after the RBAC objects,
+    # ConfigMap and Service), so the kill below lands mid-reconcile for sure, with the handler retrying.
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pdb", "namespace": namespace},
+             "spec": {"hard": {"count/poddisruptionbudgets.policy": "0"}}}  # fmt: skip
+    cluster.apply(quota)
     assert apply(cluster, namespace, example("crashy", replicas=2)).returncode == 0
-    # Kill it as soon as it has started creating objects, before it could finish.
     wait_for(
-        "first owned object",
-        lambda: bool(owned(cluster, namespace, "crashy")["serviceaccount"]),
+        "the reconcile to stop at the PodDisruptionBudget",
+        lambda: "exceeded quota" in operator.tail(200),
         operator,
-        timeout=60,
     )
-    operator.kill()
     partial = owned(cluster, namespace, "crashy")
+    assert partial["serviceaccount"] and partial["service"] and not partial["poddisruptionbudget"]
+    # Nothing claims the new generation is served while the owned objects are incomplete.
+    stuck = get(cluster, namespace, "gpis", "crashy")
+    assert not is_ready(stuck) and not partial["deployment"]
+    operator.kill()
+    cluster.kubectl("delete", "resourcequota", "no-pdb", "-n", namespace)
     operator.start()
     wait_for("Ready after restart", lambda: is_ready(get(cluster, namespace, "gpis", "crashy")), operator)
     final = owned(cluster, namespace, "crashy")
@@ -433,7 +444,12 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     # A restart of a converged operator changes nothing either.
     rv = get(cluster, namespace, "deployment", "crashy")["metadata"]["resourceVersion"]  # type: ignore[index]
     operator.stop()
+    done = operator.count("Handler 'reconcile' succeeded")
     operator.start()
-    time.sleep(5)  # let the resumed operator reconcile; nothing may change
+    wait_for(
+        "the resumed operator reconciled",
+        lambda: operator.count("Handler 'reconcile' succeeded") > done,
+        operator,
+    )
     assert get(cluster, namespace, "deployment", "crashy")["metadata"]["resourceVersion"] == rv  # type: ignore[index]
     assert owned(cluster, namespace, "crashy") == final
