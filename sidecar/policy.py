@@ -79,6 +79,7 @@ class SafetyGate:
     max_payback_seconds: float = math.inf
     last_apply: float = -math.inf
     held: dict[tuple[int, ...], float] = field(default_factory=dict)  # buckets -> held until
+    paused_until: float = -math.inf  # after a measured regression: the model was wrong, stop guessing
 
     def refuse(
         self, buckets: tuple[int, ...], gain: float, urgent: bool, now: float, payback: float = 0.0
@@ -93,15 +94,23 @@ class SafetyGate:
             return "cooldown"
         if urgent:
             return None
+        if self.paused_until > now:
+            return "paused_after_regression"
         if gain < self.min_gain:
             return "below_min_gain"
         if payback > self.max_payback_seconds:
             return "capture_cost"
         return None
 
-    def hold(self, buckets: tuple[int, ...], now: float) -> None:
-        """Keep a bucket set that failed or regressed out of proposals for a while."""
+    def hold(self, buckets: tuple[int, ...], now: float, pause: bool = False) -> None:
+        """Keep a bucket set that failed or regressed out of proposals for a while.
+
+        With `pause` (a measured regression), hold every non-urgent retune too: the cost model
+        mispredicted, and a neighbouring set would most likely regress the same way.
+        """
         self.held[buckets] = now + self.hold_seconds
+        if pause:
+            self.paused_until = now + self.hold_seconds
 
     def applied(self, now: float) -> None:
         """Start the cooldown."""

@@ -82,15 +82,19 @@ class SimRuntime:
     graph_memory_limit: float = float("inf")  # a capture above this fails (OOM) and rolls back
     max_padding_ratio: float = 0.5
     slowdown: dict[tuple[int, ...], float] = field(default_factory=dict)  # injected regressions
+    mem_fraction_static: float | None = None  # changes only at a restart: a new one is pending
+    pending_mem_fraction: float | None = None
     busy_seconds: float = 0.0  # forwards + captures
     tokens: int = 0
     applies: int = 0
     _step: int = 0
     _log: list[tuple[int, StatsWindow]] = field(default_factory=list)  # (last step, counts)
 
-    def serve(self, counts: dict[int, int]) -> float:
-        """Run one interval's forwards; returns the seconds they took."""
+    def serve(self, counts: dict[int, int], **gauges: float) -> float:
+        """Run one interval's forwards; returns the seconds they took. `gauges`: KV and queue readings."""
         w = StatsWindow(cursor=0, since=0)
+        for name, value in gauges.items():
+            setattr(w, name, type(getattr(w, name))(value))
         factor = self.slowdown.get(self.buckets, 1.0)
         for n, c in counts.items():
             b = bucket_for(self.buckets, n)
@@ -112,9 +116,13 @@ class SimRuntime:
         self.tokens += sum(n * c for n, c in counts.items())
         return w.forward_seconds
 
-    def restart(self) -> None:
-        """A process restart: step numbering and the log start again."""
+    def restart(self, buckets: tuple[int, ...] | None = None) -> None:
+        """A process restart: step numbering and the log start again; a pending fraction takes effect."""
         self._step, self._log = 0, []
+        if buckets is not None:
+            self.buckets = buckets
+        if self.pending_mem_fraction is not None:
+            self.mem_fraction_static, self.pending_mem_fraction = self.pending_mem_fraction, None
 
     async def get_stats(self, cursor: int) -> StatsWindow:
         """Exact counts of the steps after `cursor`."""
@@ -135,18 +143,22 @@ class SimRuntime:
         stats[-1].memory_bytes += int(self.costs.pool_bytes_per_token * self.buckets[-1])
         return {
             "buckets": list(self.buckets),
-            "mem_fraction_static": None,
+            "mem_fraction_static": self.mem_fraction_static,
             "backend": "cuda",
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "graph_memory_bytes": int(self.costs.memory(self.buckets)),
             "bucket_stats": [s.to_dict() for s in stats],
-            "pending_restart": None,
+            "pending_restart": None
+            if self.pending_mem_fraction is None
+            else {"mem_fraction_static": self.pending_mem_fraction},
         }
 
     async def put_profile(self, profile: GraphProfile) -> dict[str, Any]:
         """PUT /admin/profile: capture new buckets (charged as busy time), or roll back on OOM."""
         if self.costs.memory(profile.buckets) > self.graph_memory_limit:
             return {"result": "rolled_back", "reason": "capture OOM", "profile": await self.get_profile()}
+        if profile.mem_fraction_static not in (None, self.mem_fraction_static):
+            self.pending_mem_fraction = profile.mem_fraction_static  # kept for the next start
         new = set(profile.buckets) - set(self.buckets)
         self.busy_seconds += len(new) * self.costs.capture_seconds_per_bucket
         self.buckets = profile.buckets
@@ -172,8 +184,11 @@ def _merge(out: StatsWindow, w: StatsWindow) -> None:
         dst, src = getattr(out, attr), getattr(w, attr)
         for k, v in src.items():
             dst[k] = dst.get(k, 0) + v
-    for attr in ("padded_tokens", "graph_tokens", "eager_tokens", "forward_seconds", "generation_tokens"):
+    for attr in ("padded_tokens", "graph_tokens", "eager_tokens", "forward_seconds", "generation_tokens",
+                 "num_preemptions"):  # fmt: skip
         setattr(out, attr, getattr(out, attr) + getattr(w, attr))
+    for attr in ("kv_cache_usage_ratio", "num_requests_waiting", "num_requests_running"):
+        setattr(out, attr, getattr(w, attr))  # gauges: the latest reading
 
 
 Trace = list[dict[int, int]]  # one dict num_tokens -> forwards per interval

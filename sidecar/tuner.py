@@ -202,26 +202,27 @@ class Tuner:
         return np.where(np.isin(sizes, self.buckets), 0.0, kappa)
 
     async def _act(self, p: Proposal, now: float) -> None:
+        """Apply the bucket change if the gate lets it through, else a memory-fraction step if any."""
         if p.buckets != self.buckets:
-            reason = self.gate.refuse(p.buckets, p.gain, p.urgent, now, p.payback_seconds)
             new = GraphProfile(p.buckets, self.mem_fraction)
-            action = "retune"
-            why = "coverage" if p.urgent else "gain"
-        elif p.mem_fraction_static is not None:
-            reason = "cooldown" if now - self.gate.last_apply < self.gate.cooldown_seconds else None
+            reason = self.gate.refuse(p.buckets, p.gain, p.urgent, now, p.payback_seconds)
+            if reason is None:
+                await self._decide("retune", "coverage" if p.urgent else "gain", new, p.gain, now)
+                return
+            self._record(Decision(now, "retune", "skipped", reason, None, new.to_dict(), p.gain))
+        if p.mem_fraction_static is not None:
             new = GraphProfile(self.buckets, p.mem_fraction_static)
-            action, why = (
-                "mem_fraction",
-                "kv_pressure" if p.mem_fraction_static > (self.mem_fraction or 0) else "kv_idle",
-            )
+            why = "kv_pressure" if p.mem_fraction_static > (self.mem_fraction or 0) else "kv_idle"
+            if now - self.gate.last_apply < self.gate.cooldown_seconds:
+                self._record(Decision(now, "mem_fraction", "skipped", "cooldown", None, new.to_dict(), None))
+            else:
+                await self._decide("mem_fraction", why, new, None, now)
+
+    async def _decide(self, action: str, why: str, new: GraphProfile, gain: float | None, now: float) -> None:
+        if self.settings.dry_run:
+            self._record(Decision(now, action, "dry_run", why, None, new.to_dict(), gain))
         else:
-            return
-        if reason is not None:
-            self._record(Decision(now, action, "skipped", reason, None, new.to_dict(), p.gain))
-        elif self.settings.dry_run:
-            self._record(Decision(now, action, "dry_run", why, None, new.to_dict(), p.gain))
-        else:
-            await self._apply(action, why, new, p.gain, now)
+            await self._apply(action, why, new, gain, now)
 
     async def _apply(self, action: str, why: str, new: GraphProfile, gain: float | None, now: float) -> str:
         old = GraphProfile(self.buckets, self.mem_fraction)
@@ -259,7 +260,7 @@ class Tuner:
         self.evaluation = None
         self.recent.clear()
         if gain < -s.regression_tolerance:
-            self.gate.hold(ev.new.buckets, now)
+            self.gate.hold(ev.new.buckets, now, pause=True)
             result = await self._apply("rollback", f"measured {gain:+.1%}", ev.old, None, now)
             if result == "applied":
                 self.metrics.rollbacks.inc()

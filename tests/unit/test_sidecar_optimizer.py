@@ -6,11 +6,10 @@ import itertools
 import math
 
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from graphpilot.runtime.profile import bucket_for
 from graphpilot.sidecar.optimizer import Problem, solve
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @st.composite
@@ -44,7 +43,15 @@ def instances(draw: st.DrawFn) -> tuple[Problem, dict]:
         bucket_cost=np.array([0.0 if x in current else capture for x in sizes.tolist()]),
     )
     coverage_size = int(sizes[p.min_top_index])
-    return p, {"n": n, "g": g, "e": e, "pool": pool, "current": current, "capture": capture, "top": coverage_size}
+    return p, {
+        "n": n,
+        "g": g,
+        "e": e,
+        "pool": pool,
+        "current": current,
+        "capture": capture,
+        "top": coverage_size,
+    }
 
 
 def cost_of(p: Problem, full: dict, buckets: tuple[int, ...]) -> float:

@@ -1,0 +1,51 @@
+"""Memory-fraction steps stay bounded, back off after failures, and give memory back only when idle."""
+
+from __future__ import annotations
+
+from graphpilot.runtime.profile import StatsWindow
+from graphpilot.sidecar.policy import MemoryPolicy, SafetyGate
+
+PRESSURE = StatsWindow(0, 0, kv_cache_usage_ratio=0.95, num_requests_waiting=8, num_preemptions=2)
+IDLE = StatsWindow(0, 0, kv_cache_usage_ratio=0.2)
+BUSY_OK = StatsWindow(0, 0, kv_cache_usage_ratio=0.7, num_requests_waiting=3)
+
+
+def test_pressure_raises_one_step_at_a_time_up_to_the_bound() -> None:
+    p = MemoryPolicy(lo=0.5, hi=0.9, step=0.02)
+    assert p.propose(0.85, PRESSURE, now=0) == 0.87
+    assert p.propose(0.89, PRESSURE, now=0) == 0.9
+    assert p.propose(0.9, PRESSURE, now=0) is None
+    assert p.propose(0.85, BUSY_OK, now=0) is None  # waiting requests with free KV: not a KV problem
+    assert p.propose(None, PRESSURE, now=0) is None  # a runtime without a static fraction (CPU)
+
+
+def test_after_a_failure_the_fraction_stays_below_what_failed_and_waits() -> None:
+    p = MemoryPolicy(lo=0.5, hi=0.95, step=0.02, backoff_seconds=100)
+    p.on_failure(0.9, now=0)
+    assert p.propose(0.86, PRESSURE, now=50) is None  # backing off
+    assert p.propose(0.86, PRESSURE, now=150) == 0.88  # capped at 0.9 - step
+    assert p.propose(0.88, PRESSURE, now=150) is None
+    p.on_failure(0.88, now=200)
+    assert p.backoff_until == 200 + 200  # doubled
+    assert p.propose(0.88, IDLE, now=500) == 0.86  # above the new ceiling: step back down
+
+
+def test_memory_goes_back_only_after_a_quiet_streak() -> None:
+    p = MemoryPolicy(lo=0.5, hi=0.95, step=0.02, low_intervals=3)
+    assert p.propose(0.8, IDLE, 0) is None
+    assert p.propose(0.8, IDLE, 0) is None
+    assert p.propose(0.8, IDLE, 0) == 0.78
+    assert p.propose(0.78, BUSY_OK, 0) is None and p.propose(0.78, IDLE, 0) is None  # streak reset
+
+
+def test_gate_requires_gain_outside_cooldown_unless_traffic_is_uncovered() -> None:
+    g = SafetyGate(min_gain=0.05, cooldown_seconds=60, hold_seconds=600, max_payback_seconds=300)
+    assert g.refuse((1, 2), gain=0.01, urgent=False, now=0) == "below_min_gain"
+    assert g.refuse((1, 2), gain=0.10, urgent=False, now=0, payback=900) == "capture_cost"
+    assert g.refuse((1, 2), gain=0.10, urgent=False, now=0) is None
+    g.applied(now=0)
+    assert g.refuse((1, 2), gain=0.5, urgent=True, now=30) == "cooldown"
+    g.hold((1, 4), now=100, pause=True)
+    assert g.refuse((1, 4), gain=0.5, urgent=True, now=200) == "held_after_rollback"
+    assert g.refuse((1, 8), gain=0.5, urgent=False, now=200) == "paused_after_regression"
+    assert g.refuse((1, 8), gain=0.0, urgent=True, now=200) is None  # uncovered traffic still wins
