@@ -23,6 +23,7 @@ from graphpilot.operator.spec import (
     MODEL_DIR,
     PLURAL,
     SIDECAR_PORT,
+    STATE_DIR,
     ServiceSpec,
 )
 from graphpilot.runtime.profile import GraphProfile
@@ -94,6 +95,8 @@ def runtime_config(spec: ServiceSpec, profile: GraphProfile) -> dict[str, Any]:
         "port": HTTP_PORT,
         "admin_host": "127.0.0.1",
         "admin_port": ADMIN_PORT,
+        # The live-tuned profile survives a container restart inside the pod (not a new pod).
+        "state_file": f"{STATE_DIR}/profile.json",
     }
 
 
@@ -178,6 +181,7 @@ def _runtime_container(spec: ServiceSpec, image: str) -> dict[str, Any]:
         "volumeMounts": [
             model_mount,
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "state", "mountPath": STATE_DIR},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
         "securityContext": NONROOT,
@@ -189,14 +193,15 @@ def _sidecar_container(owner: Owner, spec: ServiceSpec, image: str) -> dict[str,
         return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
     env = {
-        "GRAPHPILOT_SIDECAR_RUNTIME_URL": f"http://127.0.0.1:{ADMIN_PORT}",
+        "GRAPHPILOT_SIDECAR_ADMIN_URL": f"http://127.0.0.1:{ADMIN_PORT}",
+        "GRAPHPILOT_SIDECAR_HOST": "0.0.0.0",
+        "GRAPHPILOT_SIDECAR_PORT": str(SIDECAR_PORT),
         "GRAPHPILOT_SIDECAR_NAME": owner.name,
         "GRAPHPILOT_SIDECAR_INTERVAL_SECONDS": str(spec.autotune_interval_seconds),
         "GRAPHPILOT_SIDECAR_MAX_BUCKETS": str(spec.autotune_max_buckets),
         "GRAPHPILOT_SIDECAR_MEM_FRACTION_MIN": str(spec.mem_fraction_min),
         "GRAPHPILOT_SIDECAR_MEM_FRACTION_MAX": str(spec.mem_fraction_max),
-        "GRAPHPILOT_SIDECAR_MAX_NUM_BATCHED_TOKENS": str(spec.max_num_batched_tokens),
-        "GRAPHPILOT_SIDECAR_MIN_GAIN": str(spec.autotune_min_gain),
+        "GRAPHPILOT_SIDECAR_MIN_GAIN_RATIO": str(spec.autotune_min_gain),
     }
     return {
         "name": "autotuner",
@@ -228,6 +233,7 @@ def pod_template(owner: Owner, spec: ServiceSpec, image: str) -> Manifest:
         "volumes": [
             _model_volume(spec),
             {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
+            {"name": "state", "emptyDir": {"sizeLimit": "16Mi"}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shared_memory}},
         ],
         "tolerations": _gpu_tolerations(spec),

@@ -17,6 +17,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 MODEL_DIR = "/mnt/models"
 CONFIG_DIR = "/etc/graphpilot"
 CONFIG_FILE = "runtime.yaml"
+STATE_DIR = "/var/lib/graphpilot"
 HTTP_PORT = 8000
 ADMIN_PORT = 8001
 SIDECAR_PORT = 8080

@@ -117,7 +117,7 @@ def test_sidecar_gets_its_identity_and_the_autotune_settings() -> None:
     )
     sc = container(s, "autotuner")
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in sc["env"]}
-    assert env["GRAPHPILOT_SIDECAR_RUNTIME_URL"] == "http://127.0.0.1:8001"
+    assert env["GRAPHPILOT_SIDECAR_ADMIN_URL"] == "http://127.0.0.1:8001"
     assert env["GRAPHPILOT_SIDECAR_NAME"] == "qwen"
     assert env["GRAPHPILOT_SIDECAR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["GRAPHPILOT_SIDECAR_INTERVAL_SECONDS"] == "30"
@@ -126,7 +126,7 @@ def test_sidecar_gets_its_identity_and_the_autotune_settings() -> None:
         "0.6",
         "0.9",
     )
-    assert env["GRAPHPILOT_SIDECAR_MIN_GAIN"] == "0.05"
+    assert env["GRAPHPILOT_SIDECAR_MIN_GAIN_RATIO"] == "0.05"
     assert pod(s)["serviceAccountName"] == "qwen-autotuner"
 
 
