@@ -45,12 +45,11 @@ if [[ "${FORCE:-0}" != 1 ]] && up_to_date; then
 fi
 
 # A module's go.mod must pin exactly the version named in versions.env.
-check_pin() {  # module-dir module-path version
+check_pin() {  # module-dir module-path version (read from go.mod itself: works offline)
     local got
-    got="$(cd "$here/modules/$1" && go list -mod=readonly -m -f '{{.Version}}' "$2")" ||
-        die "cannot read the pinned version of $2 in tests/cluster/modules/$1/go.mod"
+    got="$(sed -nE "s#^(require)?[[:space:]]*$2 (v[^[:space:]]+).*#\2#p" "$here/modules/$1/go.mod" | head -1)"
     [[ "$got" == "$3" ]] ||
-        die "tests/cluster/versions.env says $2 $3 but tests/cluster/modules/$1/go.mod pins $got; update one to match the other"
+        die "tests/cluster/versions.env says $2 $3 but tests/cluster/modules/$1/go.mod pins ${got:-nothing}; update one to match the other"
 }
 
 download() {  # module-dir

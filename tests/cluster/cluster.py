@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nodes import gpu_node_manifest
-from pki import SERVICE_CLUSTER_IP_RANGE, Pki, create_pki, write_kubeconfig
+from pki import FRONT_PROXY_CLIENT, SERVICE_CLUSTER_IP_RANGE, Pki, create_pki, write_kubeconfig
 from procs import Proc, log_tail, start_proc
 
 HERE = Path(__file__).resolve().parent
@@ -132,29 +132,24 @@ class Cluster:
 
     def start(self, timeout: float = 120) -> Cluster:
         """Start everything and wait until /readyz answers ok and every fake node is Ready."""
-        missing = [
-            b
-            for b in [
-                "etcd",
-                "kube-apiserver",
-                "kube-controller-manager",
-                "kube-scheduler",
-                "kwok",
-                "kubectl",
-            ]
-            if not (self.bin_dir / b).exists()
-        ]
+        missing = [b for b in [*COMPONENTS, "kubectl"] if not (self.bin_dir / b).exists()]
         if missing:
             raise ClusterError(f"missing {', '.join(missing)} in {self.bin_dir}; run tests/cluster/build.sh")
-        if self.state_dir.exists():
+        if self.state_dir.exists() and any(self.state_dir.iterdir()):
+            # Never wipe a directory that an earlier start did not make.
+            if not (self.state_dir / STATE_FILE).exists():
+                raise ClusterError(f"{self.state_dir} is not empty and holds no control plane; pick another")
             shutil.rmtree(self.state_dir)
         (self.state_dir / "logs").mkdir(parents=True)
         try:
             self._start(timeout)
-        except BaseException as exc:
+        except Exception as exc:
             tails = self.log_tails()
             self.stop()
             raise ClusterError(f"control plane failed to start: {exc}\n{tails}") from exc
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _start(self, timeout: float) -> None:
@@ -162,12 +157,12 @@ class Cluster:
         self.ports = {name: free_port() for name in ["etcd", "etcd-peer", "apiserver", "cm", "scheduler"]}
         self._save()
         self._spawn("etcd", self._etcd_args())
-        wait_until(
-            "etcd /health", lambda: self._get(f"http://127.0.0.1:{self.ports['etcd']}/health"), timeout
-        )
+        etcd_health = f"http://127.0.0.1:{self.ports['etcd']}/health"
+        wait_until("etcd /health", lambda: self._answers(etcd_health), timeout)
         self._spawn("kube-apiserver", self._apiserver_args(pki))
         write_kubeconfig(self.kubeconfig, pki, self.server, "admin", "kubernetes-admin")
-        wait_until("kube-apiserver /readyz", lambda: self._get(f"{self.server}/readyz"), timeout)
+        admin = self._admin_tls(pki)
+        wait_until("kube-apiserver /readyz", lambda: self._answers(f"{self.server}/readyz", admin), timeout)
         for name, stem, user in [
             ("controller-manager", "controller-manager", "system:kube-controller-manager"),
             ("scheduler", "scheduler", "system:kube-scheduler"),
@@ -180,10 +175,12 @@ class Cluster:
         # Plain create, not apply: the Node's status (GPU capacity) is kept only on create.
         nodes = {"apiVersion": "v1", "kind": "List", "items": [gpu_node_manifest(n) for n in self.node_names]}
         self.kubectl("create", "-f", "-", input=json.dumps(nodes))
+        # Their serving certificates are self-signed at start; /healthz needs no client identity.
+        insecure = ssl._create_unverified_context()
         cm_healthz = f"https://127.0.0.1:{self.ports['cm']}/healthz"
-        wait_until("kube-controller-manager /healthz", lambda: self._get(cm_healthz), timeout)
+        wait_until("kube-controller-manager /healthz", lambda: self._answers(cm_healthz, insecure), timeout)
         scheduler_healthz = f"https://127.0.0.1:{self.ports['scheduler']}/healthz"
-        wait_until("kube-scheduler /healthz", lambda: self._get(scheduler_healthz), timeout)
+        wait_until("kube-scheduler /healthz", lambda: self._answers(scheduler_healthz, insecure), timeout)
         self.kubectl(
             "wait",
             "--for=condition=Ready",
@@ -242,34 +239,33 @@ class Cluster:
         self.procs.append(start_proc(name, argv, log, env, die_with_parent=not self.detach))
         self._save()
 
-    def _get(self, url: str) -> bool:
-        """True when url answers 200; the apiserver is asked as admin, verified against our CA."""
-        ctx: ssl.SSLContext | None = None
-        if url.startswith(self.server if "apiserver" in self.ports else "\0"):
-            ctx = ssl.create_default_context(cafile=str(self.ca_file))
-            pki = self.state_dir / "pki"
-            ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        elif url.startswith("https"):
-            ctx = ssl._create_unverified_context()  # self-signed serving certs of cm/scheduler, loopback only
+    @staticmethod
+    def _admin_tls(pki: Pki) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(pki.ca_crt))
+        context.load_cert_chain(str(pki.crt("admin")), str(pki.key("admin")))
+        return context
+
+    def _answers(self, url: str, context: ssl.SSLContext | None = None) -> bool:
+        """True when url answers 200; raises as soon as any component has exited."""
         for proc in self.procs:
             if not proc.alive():
                 raise ClusterError(f"{proc.name} exited")
         try:
-            with urllib.request.urlopen(url, timeout=2, context=ctx) as resp:
-                return bool(resp.status == 200)
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                return bool(response.status == 200)
         except OSError:
             return False
 
     def _etcd_args(self) -> list[str]:
         client, peer = f"http://127.0.0.1:{self.ports['etcd']}", f"http://127.0.0.1:{self.ports['etcd-peer']}"
         return [
-            "--name=default",
+            "--name=graphpilot-test",
             f"--data-dir={self.state_dir / 'etcd'}",
             f"--listen-client-urls={client}",
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=default={peer}",
+            f"--initial-cluster=graphpilot-test={peer}",
             "--log-level=warn",
             # Test data is disposable: skipping fsync makes every write an order of magnitude faster.
             "--unsafe-no-fsync",
@@ -286,6 +282,13 @@ class Cluster:
             f"--tls-cert-file={pki.crt('apiserver')}",
             f"--tls-private-key-file={pki.key('apiserver')}",
             f"--client-ca-file={pki.ca_crt}",
+            f"--requestheader-client-ca-file={pki.crt('front-proxy-ca')}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.crt('front-proxy-client')}",
+            f"--proxy-client-key-file={pki.key('front-proxy-client')}",
             "--authorization-mode=Node,RBAC",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",

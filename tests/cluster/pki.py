@@ -27,7 +27,9 @@ CLIENTS = [
     ("scheduler", "system:kube-scheduler", None),
     ("kwok", "kwok-controller", "system:masters"),
 ]
+FRONT_PROXY_CLIENT = "front-proxy-client"
 DAYS = "3650"
+LEAF = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
 
 
 @dataclass(frozen=True)
@@ -67,85 +69,52 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def _ec_key(path: Path) -> None:
     _openssl(
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
+        *["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"],
         path.name,
         cwd=path.parent,
     )
 
 
-def _sign(pki: Pki, name: str, subject: str, extensions: str) -> None:
-    """Issue `name`.crt for `name`.key, signed by the CA."""
+def _self_signed_ca(pki: Pki, stem: str, common_name: str) -> None:
+    _ec_key(pki.key(stem))
+    _openssl(*f"req -x509 -new -key {stem}.key -subj /CN={common_name} -days {DAYS} -out {stem}.crt".split(),
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             cwd=pki.dir)  # fmt: skip
+
+
+def _sign(pki: Pki, name: str, subject: str, extensions: str, ca: str = "ca") -> None:
+    """Issue `name`.crt for a new `name`.key, signed by the CA `ca`."""
     ext = pki.dir / f"{name}.ext"
-    ext.write_text(extensions)
+    ext.write_text(LEAF + extensions)
     _ec_key(pki.key(name))
     csr = f"{name}.csr"
     _openssl("req", "-new", "-key", pki.key(name).name, "-subj", subject, "-out", csr, cwd=pki.dir)
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        csr,
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        DAYS,
-        "-sha256",
-        "-extfile",
-        ext.name,
-        "-out",
-        pki.crt(name).name,
-        cwd=pki.dir,
-    )
+    _openssl(*f"x509 -req -in {csr} -CA {ca}.crt -CAkey {ca}.key -CAcreateserial -days {DAYS}".split(),
+             *f"-sha256 -extfile {ext.name} -out {name}.crt".split(), cwd=pki.dir)  # fmt: skip
     (pki.dir / csr).unlink()
     ext.unlink()
 
 
 def create_pki(dir: Path) -> Pki:
-    """CA, apiserver serving cert, client certs and the service-account key pair."""
+    """CAs, apiserver serving cert, client certs and the service-account key pair."""
     if shutil.which("openssl") is None:
         raise RuntimeError("openssl is not installed; it makes the control plane's certificates")
     dir.mkdir(parents=True, exist_ok=True)
     pki = Pki(dir)
-    _ec_key(pki.ca_key)
-    _openssl(
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "ca.key",
-        "-subj",
-        "/CN=graphpilot-test-ca",
-        "-days",
-        DAYS,
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-out",
-        "ca.crt",
-        cwd=dir,
-    )
-    leaf = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-    _sign(
-        pki,
-        "apiserver",
-        "/CN=kube-apiserver",
-        leaf + f"extendedKeyUsage=serverAuth\nsubjectAltName={','.join(APISERVER_SANS)}\n",
-    )
+    _self_signed_ca(pki, "ca", "graphpilot-test-ca")
+    san = ",".join(APISERVER_SANS)
+    _sign(pki, "apiserver", "/CN=kube-apiserver", f"extendedKeyUsage=serverAuth\nsubjectAltName={san}\n")
     for stem, user, group in CLIENTS:
         subject = f"/CN={user}" + (f"/O={group}" if group else "")
-        _sign(pki, stem, subject, leaf + "extendedKeyUsage=clientAuth\n")
+        _sign(pki, stem, subject, "extendedKeyUsage=clientAuth\n")
+    # The aggregation layer's own CA: the apiserver proxies to extension API servers with this client
+    # cert, and the controller-manager and scheduler find it in extension-apiserver-authentication.
+    _self_signed_ca(pki, "front-proxy-ca", "graphpilot-test-front-proxy-ca")
+    _sign(pki, "front-proxy-client", f"/CN={FRONT_PROXY_CLIENT}", "extendedKeyUsage=clientAuth\n",
+          ca="front-proxy-ca")  # fmt: skip
     # Service-account tokens are signed with RS256, which every client verifies.
-    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=dir)
-    _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=dir)
+    _openssl(*["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key"], cwd=dir)
+    _openssl(*["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"], cwd=dir)
     for path in dir.iterdir():
         if path.suffix == ".key":
             path.chmod(0o600)

@@ -27,10 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 from cluster import HERE as CLUSTER_DIR
 from cluster import Cluster, ClusterError, wait_until
 
+# build.sh's outcome: None until it ran, then "" when it succeeded or the reason it failed.
+_build_error: str | None = None
 
-def _build_tools(request: pytest.FixtureRequest) -> None:
-    """Run build.sh with its progress on the terminal; fail the session with its last lines on error."""
-    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+def _build_tools(config: pytest.Config) -> str:
+    """Run build.sh once with its progress on the terminal; return "" or why it failed."""
+    global _build_error
+    if _build_error is not None:
+        return _build_error
+    capture = config.pluginmanager.getplugin("capturemanager")
     last: deque[str] = deque(maxlen=30)
     with capture.global_and_fixture_disabled():
         proc = subprocess.Popen(
@@ -44,14 +50,24 @@ def _build_tools(request: pytest.FixtureRequest) -> None:
             sys.stderr.write(line)
             last.append(line)
         returncode = proc.wait()
-    if returncode != 0:
-        pytest.fail(f"tests/cluster/build.sh failed (exit {returncode}):\n{''.join(last)}", pytrace=False)
+    _build_error = (
+        "" if returncode == 0 else f"tests/cluster/build.sh failed (exit {returncode}):\n{''.join(last)}"
+    )
+    return _build_error
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build before any test runs, so a cold build (tens of minutes) never counts against a test's timeout."""
+    if any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        _build_tools(session.config)
 
 
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A running control plane with GRAPHPILOT_E2E_NODES (default 2) fake 8-GPU nodes."""
-    _build_tools(request)
+    error = _build_tools(request.config)
+    if error:
+        pytest.fail(error, pytrace=False)
     num_nodes = int(os.environ.get("GRAPHPILOT_E2E_NODES", "2"))
     cluster = Cluster(tmp_path_factory.mktemp("cluster"), num_nodes=num_nodes)
     try:
