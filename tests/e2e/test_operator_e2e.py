@@ -176,6 +176,15 @@ def test_chart_is_lint_clean_and_server_side_valid(cluster: Cluster) -> None:
         assert dry.returncode == 0, dry.stderr
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_a_valid_inference_service(cluster: Cluster, operator: Operator, path: Path) -> None:
+    out = cluster.kubectl(
+        "apply", "--dry-run=server", "--validate=strict", "-n", "default", "-f", str(path), check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert "inferenceservice.graphpilot.dev/" in out.stdout
+
+
 def test_example_serves_on_gpu_nodes_and_reports_ready(
     cluster: Cluster, namespace: str, operator: Operator
 ) -> None:
