@@ -82,7 +82,8 @@ class RuntimeProcess:
         pytest.fail(f"the runtime was not ready after {timeout:.0f} s:\n{self.logs()}")
 
     def logs(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-8000:]
 
     def signal(self, sig: int = signals.SIGTERM) -> None:
