@@ -107,6 +107,20 @@ def reconcile(
     decision = resolve_profile(s, status.get("autotuner"))
     _announce_profile(body, decision, status)
 
+    try:
+        dep = _apply_all(kube, body, owner, s, decision, image)
+    except kopf.TemporaryError as e:
+        # Report why in status too (the handler's patch is applied even when it fails), then retry.
+        current = _current_deployment(kube, ns, name)
+        patch.status.update(_status(owner, s, decision, current, dict(status), memo.cluster_domain, str(e)))
+        raise
+    patch.status.update(_status(owner, s, decision, dep, dict(status), memo.cluster_domain))
+
+
+def _apply_all(kube: Kube, body: kopf.Body, owner: res.Owner, s: ServiceSpec, decision: ProfileDecision,
+               image: str) -> dict[str, Any]:  # fmt: skip
+    """Apply every owned object; the Deployment last, as the mark that its generation is complete."""
+    ns, name = owner.namespace, owner.name
     for manifest in (res.service_account(owner), res.role(owner), res.role_binding(owner),
                      res.config_map(owner, s, decision.profile, decision.source), res.service(owner, s)):  # fmt: skip
         _apply(kube, body, manifest)
@@ -124,16 +138,22 @@ def reconcile(
         _prune(kube, body, "monitoring.coreos.com/v1", "ServiceMonitor", ns, name)
     # The Deployment goes last: its generation annotation then means "everything for this generation
     # is applied", which is what status.observedGeneration reports.
-    dep = _apply(kube, body, res.deployment(owner, s, image))
+    return _apply(kube, body, res.deployment(owner, s, image))
 
-    patch.status.update(_status(owner, s, decision, dep, dict(status), memo.cluster_domain))
+
+def _current_deployment(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return kube.get("apps/v1", "Deployment", namespace, name)
+    except KubeError:
+        return None
 
 
 def _status(owner: res.Owner, s: ServiceSpec, decision: ProfileDecision, dep: dict[str, Any] | None,
-            previous: dict[str, Any], cluster_domain: str) -> dict[str, Any]:  # fmt: skip
+            previous: dict[str, Any], cluster_domain: str, failure: str | None = None) -> dict[str, Any]:  # fmt: skip
     return build_status(
         generation=owner.generation, desired=s.replicas, dep=dep, decision=decision,
         selector=res.selector_string(owner.name), url=res.service_url(owner, s, cluster_domain), previous=previous,
+        failure=failure,
     )  # fmt: skip
 
 

@@ -5,7 +5,7 @@ Pure functions of (spec, observed objects); the handlers write what they return.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -177,11 +177,31 @@ def build_status(
     selector: str,
     url: str,
     previous: dict[str, Any] | None,
+    failure: str | None = None,
 ) -> dict[str, Any]:
-    """The status fields the operator owns (never `autotuner`, which is the sidecar's record)."""
+    """The status fields the operator owns (never `autotuner`, which is the sidecar's record).
+
+    `failure` is why the last reconcile could not apply everything; it stays reported (Degraded,
+    ReconcileFailed) until a reconcile of the current generation gets through.
+    """
     r = rollout(generation, desired, dep)
     now = now_rfc3339()
     old = {c.get("type"): c for c in (previous or {}).get("conditions") or ()}
+    if (
+        failure is None
+        and r.observed_generation != generation
+        and old.get("Degraded", {}).get("reason") == "ReconcileFailed"
+    ):
+        failure = old["Degraded"].get("message")
+    if failure is not None:
+        r = replace(
+            r,
+            conditions=(
+                r.conditions[0],
+                r.conditions[1],
+                Condition("Degraded", True, "ReconcileFailed", failure),
+            ),
+        )
     observed = (
         r.observed_generation
         if r.observed_generation is not None

@@ -439,6 +439,15 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     # Nothing claims the new generation is served while the owned objects are incomplete.
     stuck = get(cluster, namespace, "gpis", "crashy")
     assert not is_ready(stuck) and not partial["deployment"]
+    wait_for(
+        "the failure in status",
+        lambda: (
+            condition(get(cluster, namespace, "gpis", "crashy"), "Degraded").get("reason")
+            == "ReconcileFailed"
+        ),
+        operator,
+    )
+    assert "exceeded quota" in condition(get(cluster, namespace, "gpis", "crashy"), "Degraded")["message"]
     operator.kill()
     cluster.kubectl("delete", "resourcequota", "no-pdb", "-n", namespace)
     operator.start()
@@ -449,6 +458,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
                 "poddisruptionbudget": ["crashy"]}  # fmt: skip
     assert {k: v for k, v in final.items() if k != "replicaset"} == expected, f"before the restart: {partial}"
     assert len(final["replicaset"]) == 1  # the restart did not roll the pods
+    assert condition(get(cluster, namespace, "gpis", "crashy"), "Degraded")["reason"] == "AsExpected"
 
     # A restart of a converged operator changes nothing either.
     rv = get(cluster, namespace, "deployment", "crashy")["metadata"]["resourceVersion"]  # type: ignore[index]

@@ -139,3 +139,21 @@ def test_status_never_writes_the_autotuner_record_and_keeps_transition_times() -
     flipped = build_status(dep=deployment(ready=0, reason="ReplicaSetUpdated"), previous=old, **kw)
     ready = next(c for c in flipped["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["lastTransitionTime"] != "2020-01-01T00:00:00Z"
+
+
+def test_a_failed_reconcile_is_degraded_until_the_generation_is_applied() -> None:
+    d = resolve_profile(SPEC, None)
+    kw: dict[str, Any] = {"desired": 2, "decision": d, "selector": "a=b", "url": "http://x"}
+    failed = build_status(generation=3, dep=deployment(gen=2), previous=None, failure="exceeded quota", **kw)
+    degraded = next(c for c in failed["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"], degraded["message"]) == (
+        "True",
+        "ReconcileFailed",
+        "exceeded quota",
+    )
+    # A Deployment event in between (it still has the old generation) keeps reporting the failure...
+    refreshed = build_status(generation=3, dep=deployment(gen=2), previous=failed, **kw)
+    assert next(c for c in refreshed["conditions"] if c["type"] == "Degraded")["reason"] == "ReconcileFailed"
+    # ...until the current generation is applied.
+    fixed = build_status(generation=3, dep=deployment(gen=3), previous=refreshed, **kw)
+    assert next(c for c in fixed["conditions"] if c["type"] == "Degraded")["reason"] == "AsExpected"
