@@ -24,10 +24,11 @@ die() { log "error: $*"; exit 1; }
 
 command -v go >/dev/null || die "Go is not installed (need Go >= 1.25 to build the control plane)"
 
-# The stamp is the versions, the pinned modules and the Go toolchain: any change rebuilds.
+# The stamp is the versions, the pinned modules, this script (its flags) and the Go toolchain:
+# any change rebuilds.
 want_stamp() {
     {
-        cat "$here/versions.env"
+        cat "$here/versions.env" "$here/build.sh"
         go env GOVERSION GOOS GOARCH
         cat "$here"/modules/*/go.mod "$here"/modules/*/go.sum "$here"/modules/*/*.go
     } | sha256sum | cut -d' ' -f1
@@ -39,9 +40,26 @@ up_to_date() {
     for b in "${binaries[@]}"; do [[ -x "$bin_dir/$b" ]] || return 1; done
 }
 
-if [[ "${FORCE:-0}" != 1 ]] && up_to_date; then
+report_up_to_date() {
     log "up to date: Kubernetes v$KUBERNETES_VERSION, etcd v$ETCD_VERSION, kwok v$KWOK_VERSION, helm v$HELM_VERSION in $bin_dir"
+}
+if [[ "${FORCE:-0}" != 1 ]] && up_to_date; then
+    report_up_to_date
     exit 0
+fi
+
+# One build at a time per version: a second caller waits, then finds the first one's result.
+mkdir -p "$bin_dir"
+if command -v flock >/dev/null; then
+    exec 9>"$bin_dir/../.build.lock"
+    if ! flock -n 9; then
+        log "another build of the same version is running; waiting for it"
+        flock 9
+        if [[ "${FORCE:-0}" != 1 ]] && up_to_date; then
+            report_up_to_date
+            exit 0
+        fi
+    fi
 fi
 
 # A module's go.mod must pin exactly the version named in versions.env.
@@ -69,7 +87,8 @@ elapsed() { local s=$(($(date +%s) - $1)); printf '%dm%02ds' $((s / 60)) $((s % 
 
 # Prints a heartbeat every minute so a long cold build never looks stuck.
 heartbeat() {  # name start
-    while sleep 60; do log "  ... still building $1 ($(elapsed "$2"))"; done
+    # sleep must not hold our stdout: a reader waiting for EOF would wait for it after we exit.
+    while sleep 60 </dev/null >/dev/null 2>&1; do log "  ... still building $1 ($(elapsed "$2"))"; done
 }
 
 build() {  # index name module-dir package ldflags
@@ -78,7 +97,7 @@ build() {  # index name module-dir package ldflags
     log "[$i/${#binaries[@]}] building $name"
     heartbeat "$name" "$start" &
     hb=$!
-    if ! (cd "$here/modules/$dir" && CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath \
+    if ! (cd "$here/modules/$dir" && CGO_ENABLED=0 go build -mod=readonly -buildvcs=false -p "$jobs" -trimpath \
         -ldflags "-s -w $ldflags" -o "$tmp_dir/$name" "$pkg"); then
         kill "$hb" 2>/dev/null || true
         die "building $name failed (see the go output above)"
@@ -101,7 +120,6 @@ for m in kubernetes etcd kwok helm; do
     download "$m"
 done
 
-mkdir -p "$bin_dir"
 tmp_dir="$(mktemp -d "$bin_dir/.build.XXXXXX")"
 trap 'rm -rf "$tmp_dir"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
 
