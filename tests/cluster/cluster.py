@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from components import apiserver_args, controller_manager_args, etcd_args, kwok_args, scheduler_args
 from nodes import gpu_node_manifest
-from pki import FRONT_PROXY_CLIENT, SERVICE_CLUSTER_IP_RANGE, Pki, create_pki, write_kubeconfig
+from pki import Pki, create_pki, write_kubeconfig
 from procs import Proc, log_tail, start_proc
 
 HERE = Path(__file__).resolve().parent
@@ -156,10 +157,10 @@ class Cluster:
         pki = create_pki(self.state_dir / "pki")
         self.ports = {name: free_port() for name in ["etcd", "etcd-peer", "apiserver", "cm", "scheduler"]}
         self._save()
-        self._spawn("etcd", self._etcd_args())
+        self._spawn("etcd", etcd_args(self.state_dir, self.ports))
         etcd_health = f"http://127.0.0.1:{self.ports['etcd']}/health"
         wait_until("etcd /health", lambda: self._answers(etcd_health), timeout)
-        self._spawn("kube-apiserver", self._apiserver_args(pki))
+        self._spawn("kube-apiserver", apiserver_args(self.state_dir, self.ports, pki))
         write_kubeconfig(self.kubeconfig, pki, self.server, "admin", "kubernetes-admin")
         admin = self._admin_tls(pki)
         wait_until("kube-apiserver /readyz", lambda: self._answers(f"{self.server}/readyz", admin), timeout)
@@ -169,9 +170,9 @@ class Cluster:
             ("kwok", "kwok", "kwok-controller"),
         ]:
             write_kubeconfig(self.state_dir / f"{name}.kubeconfig", pki, self.server, stem, user)
-        self._spawn("kube-controller-manager", self._controller_manager_args(pki))
-        self._spawn("kube-scheduler", self._scheduler_args())
-        self._spawn("kwok", self._kwok_args())
+        self._spawn("kube-controller-manager", controller_manager_args(self.state_dir, self.ports, pki))
+        self._spawn("kube-scheduler", scheduler_args(self.state_dir, self.ports))
+        self._spawn("kwok", kwok_args(self.state_dir))
         # Plain create, not apply: the Node's status (GPU capacity) is kept only on create.
         nodes = {"apiVersion": "v1", "kind": "List", "items": [gpu_node_manifest(n) for n in self.node_names]}
         self.kubectl("create", "-f", "-", input=json.dumps(nodes))
@@ -255,101 +256,6 @@ class Cluster:
                 return bool(response.status == 200)
         except OSError:
             return False
-
-    def _etcd_args(self) -> list[str]:
-        client, peer = f"http://127.0.0.1:{self.ports['etcd']}", f"http://127.0.0.1:{self.ports['etcd-peer']}"
-        return [
-            "--name=graphpilot-test",
-            f"--data-dir={self.state_dir / 'etcd'}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=graphpilot-test={peer}",
-            "--log-level=warn",
-            # Test data is disposable: skipping fsync makes every write an order of magnitude faster.
-            "--unsafe-no-fsync",
-        ]
-
-    def _apiserver_args(self, pki: Pki) -> list[str]:
-        return [
-            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={self.ports['apiserver']}",
-            "--advertise-address=127.0.0.1",
-            # The in-cluster `kubernetes` Service cannot point at a loopback address; nothing in-cluster needs it.
-            "--endpoint-reconciler-type=none",
-            f"--tls-cert-file={pki.crt('apiserver')}",
-            f"--tls-private-key-file={pki.key('apiserver')}",
-            f"--client-ca-file={pki.ca_crt}",
-            f"--requestheader-client-ca-file={pki.crt('front-proxy-ca')}",
-            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
-            "--requestheader-username-headers=X-Remote-User",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={pki.crt('front-proxy-client')}",
-            f"--proxy-client-key-file={pki.key('front-proxy-client')}",
-            "--authorization-mode=Node,RBAC",
-            f"--service-account-key-file={pki.sa_pub}",
-            f"--service-account-signing-key-file={pki.sa_key}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-            "--allow-privileged=true",
-            f"--cert-dir={self.state_dir / 'apiserver'}",
-            "--profiling=false",
-        ]
-
-    def _controller_manager_args(self, pki: Pki) -> list[str]:
-        kubeconfig = self.state_dir / "controller-manager.kubeconfig"
-        return [
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={self.ports['cm']}",
-            f"--cert-dir={self.state_dir / 'controller-manager'}",
-            "--leader-elect=false",
-            # `*` runs every default controller: service accounts and their tokens, garbage collection,
-            # deployments, replica sets, node lifecycle, namespaces, ...
-            "--controllers=*",
-            "--use-service-account-credentials=true",
-            f"--service-account-private-key-file={pki.sa_key}",
-            f"--root-ca-file={pki.ca_crt}",
-            f"--cluster-signing-cert-file={pki.ca_crt}",
-            f"--cluster-signing-key-file={pki.ca_key}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-            "--profiling=false",
-        ]
-
-    def _scheduler_args(self) -> list[str]:
-        kubeconfig = self.state_dir / "scheduler.kubeconfig"
-        return [
-            f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}",
-            f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={self.ports['scheduler']}",
-            f"--cert-dir={self.state_dir / 'scheduler'}",
-            "--leader-elect=false",
-            "--profiling=false",
-        ]
-
-    def _kwok_args(self) -> list[str]:
-        kwok_dir = self.state_dir / "kwok"
-        kwok_dir.mkdir(exist_ok=True)
-        config = kwok_dir / "kwok.yaml"
-        # An explicit, empty configuration: kwok's built-in node and pod stages (nodes Ready with
-        # leases, pods Running and Ready), and nothing read from the user's home directory.
-        config.write_text("apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions: {}\n")
-        return [
-            f"--kubeconfig={self.state_dir / 'kwok.kubeconfig'}",
-            f"--config={config}",
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            "--node-lease-duration-seconds=40",
-            "--cidr=10.244.0.0/16",
-            "--node-ip=10.240.0.1",
-        ]
 
 
 # -- command line ------------------------------------------------------------------------------
