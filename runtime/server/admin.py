@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+
 from graphpilot.runtime.profile import BucketStats, GraphProfile, ProfileError
 from graphpilot.runtime.server.loop import AsyncEngine, EngineNotReady
 from graphpilot.runtime.server.protocol import APIError, error_response

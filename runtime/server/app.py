@@ -11,12 +11,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from graphpilot.runtime.server.loop import AsyncEngine, EngineDead, EngineNotReady
 from graphpilot.runtime.server.metrics import ServerMetrics
 from graphpilot.runtime.server.openai_api import router
 from graphpilot.runtime.server.protocol import APIError, error_response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20
 
@@ -50,10 +51,12 @@ def create_app(
     app.include_router(router)
     _add_errors(app, runtime, metrics)
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        """The process is alive (the engine may still be loading)."""
-        return {"status": "ok"}
+    @app.get("/health", responses={503: {"description": "the engine failed"}})
+    async def health() -> JSONResponse:
+        """The process is alive (the engine may still be loading); 503 once the engine has failed."""
+        if runtime.error is not None:
+            return JSONResponse({"status": "failed", "error": runtime.error}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/ready", responses={503: {"description": "loading, draining or failed"}})
     async def ready() -> JSONResponse:
@@ -68,7 +71,7 @@ def create_app(
         """Prometheus text format."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app
 
 

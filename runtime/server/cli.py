@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import yaml
+
 from graphpilot.runtime.cli import _buckets, add_engine_args
 from graphpilot.runtime.config import ConfigError
 
@@ -110,8 +111,10 @@ def _convert(name: str, value: Any, source: str) -> Any:
             value = _bool(value)
         elif name in ("graph_buckets", "debug_fail_capture_at") and isinstance(value, list | tuple):
             value = tuple(int(x) for x in value)
-        elif (isinstance(value, str) and action.type is not None) or (
-            action.type in (int, float) and not isinstance(value, bool)
+        elif (
+            callable(action.type)
+            and not isinstance(value, bool)
+            and (isinstance(value, str) or action.type in (int, float))
         ):
             value = action.type(value)
     except (TypeError, ValueError, argparse.ArgumentTypeError) as e:

@@ -269,8 +269,12 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
 
+        def settle(result: Any) -> None:
+            if not done.done():
+                done.set_result(result)
+
         def on_done(result: Any) -> None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+            loop.call_soon_threadsafe(settle, result)
 
         await asyncio.to_thread(engine.apply_profile, buckets, on_done)
         self._wake.set()

@@ -9,14 +9,15 @@ cursor, so every forward is counted exactly once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from graphpilot.runtime.profile import REJECT_REASONS, StatsWindow
-from graphpilot.runtime.server.loop import AsyncEngine, Observer
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from graphpilot.runtime.profile import REJECT_REASONS, StatsWindow
+from graphpilot.runtime.server.loop import AsyncEngine, Observer
 
 P = "graphpilot_"
 REQUEST_STATUSES = ("stop", "length", "abort", "error", "invalid", "unavailable")
@@ -135,11 +136,11 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(P + name, doc, value=value)
 
 
-def _labelled(cls: Any, name: str, doc: str, label: str, values: dict[str, float]) -> Metric:
+def _labelled(cls: Any, name: str, doc: str, label: str, values: Mapping[str, float]) -> Metric:
     family = cls(P + name, doc, labels=[label])
     for key, value in values.items():
         family.add_metric([key], value)
-    return family  # type: ignore[no-any-return]
+    return family
 
 
 class ServerMetrics(Observer):

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
 from graphpilot.runtime.engine.request import SamplingParams
 from graphpilot.runtime.server.loop import AsyncEngine, RequestGroup
 from graphpilot.runtime.server.protocol import (
@@ -26,7 +27,7 @@ router = APIRouter()
 
 
 def _runtime(request: Request) -> AsyncEngine:
-    return request.app.state.runtime  # type: ignore[no-any-return]
+    return request.app.state.runtime
 
 
 @router.get("/v1/models")

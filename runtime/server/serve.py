@@ -15,8 +15,10 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
+
 from graphpilot.runtime.cli import engine_config_from_args
 from graphpilot.runtime.logs import setup_logging
 from graphpilot.runtime.server.admin import create_admin_app
@@ -55,7 +57,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _uvicorn_config(
-    app: object, host: str, port: int, args: argparse.Namespace, lifespan: str
+    app: Any, host: str, port: int, args: argparse.Namespace, lifespan: Any
 ) -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, lifespan=lifespan, access_log=args.access_log,
                           log_level=args.log_level, log_config=None, timeout_graceful_shutdown=5)  # fmt: skip

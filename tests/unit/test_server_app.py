@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+
 from graphpilot.runtime.config import EngineConfig
 from graphpilot.runtime.server.admin import create_admin_app
 from graphpilot.runtime.server.app import ServerSettings, create_app, validation_message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from graphpilot.runtime.cli import build_parser
 from graphpilot.runtime.config import ConfigError
 from graphpilot.runtime.server.cli import resolve_settings
