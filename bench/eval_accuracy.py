@@ -220,7 +220,8 @@ def score_engine(backend: str, args: argparse.Namespace, problems: list[tuple[in
     if args.threads:
         torch.set_num_threads(args.threads)
     engine = Engine(EngineConfig(model=args.model, graph_backend=backend, device=args.device, dtype=args.dtype,
-                                 max_num_batched_tokens=args.max_num_batched_tokens, progress=False))  # fmt: skip
+                                 max_num_batched_tokens=args.max_num_batched_tokens,
+                                 max_total_tokens=args.max_total_tokens, progress=False))  # fmt: skip
     params = SamplingParams(max_tokens=task["max_tokens"], temperature=0.0)
     prompts = [prompt_text(a, b, task["digits"]) for a, b in problems]
     _closed_loop(engine, prompts[:1], 1, params)  # warm-up
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="--engine only")
     p.add_argument("--dtype", default="auto", help="--engine only")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="--engine only")
+    p.add_argument("--max-total-tokens", type=int, help="--engine only: KV cache size (default: from memory)")
     p.add_argument("--answers", action="store_true", help="include every answer in the JSON")
     return p
 
