@@ -32,13 +32,17 @@ def _buckets(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--graph-buckets takes comma-separated integers, got {text!r}") from e
+        raise argparse.ArgumentTypeError(
+            f"--graph-buckets takes comma-separated integers, got {text!r}"
+        ) from e
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     """Engine flags, named as in vLLM/SGLang where they exist."""
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", help="Hugging Face model directory (config.json, safetensors, tokenizer.json)")
+    src.add_argument(
+        "--model", help="Hugging Face model directory (config.json, safetensors, tokenizer.json)"
+    )
     src.add_argument("--preset", help="built-in model: tiny, qwen3-0.6b, qwen3-8b, llama3-8b")
     p.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
     p.add_argument("--device", default="auto")
@@ -99,7 +103,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     for prompt, c in zip(prompts, engine.generate(prompts, params), strict=True):
         if args.json:
-            print(json.dumps({"prompt": prompt, "text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}))
+            print(
+                json.dumps(
+                    {
+                        "prompt": prompt,
+                        "text": c.text,
+                        "token_ids": c.token_ids,
+                        "finish_reason": c.finish_reason,
+                    }
+                )
+            )
         else:
             print(f"{prompt!r} -> {c.text!r} ({c.finish_reason})")
     if args.stats:

@@ -17,7 +17,9 @@ class AttentionMetadata:
     context_lens: list[int]  # per request: KV length after this forward
     kv_slots: list[torch.Tensor]  # per request: [context_len] slots of its whole context
     prefill_reqs: list[int]  # requests with more than one query token (run one by one)
-    prefill_masks: list[torch.Tensor | None]  # per prefill request: [q, context] causal mask, None if no prefix
+    prefill_masks: list[
+        torch.Tensor | None
+    ]  # per prefill request: [q, context] causal mask, None if no prefix
     decode_rows: torch.Tensor  # [num_decode] rows of single-token requests (run as one batch)
     decode_kv_slots: torch.Tensor  # [num_decode, max_kv] their context slots, 0-padded
     decode_mask: torch.Tensor  # [num_decode, 1, 1, max_kv] True on real keys
@@ -48,7 +50,10 @@ def forward_context(ctx: ForwardContext) -> Iterator[ForwardContext]:
 
 
 def build_attention_metadata(
-    query_lens: list[int], context_lens: list[int], block_tables: list[list[int]], block_size: int,
+    query_lens: list[int],
+    context_lens: list[int],
+    block_tables: list[list[int]],
+    block_size: int,
     device: torch.device,
 ) -> AttentionMetadata:
     """Metadata for a batch; request i computes its last query_lens[i] of context_lens[i] positions.

@@ -68,6 +68,10 @@ class Engine:
         self.tokenizer = _load_tokenizer(config.model)
         self.eos_token_ids = set(self.model_config.eos_token_ids) | _generation_eos(config.model)
         torch.manual_seed(config.seed)
+        if self.device.type == "cuda":
+            # cuDNN's SDPA builds an execution plan per new shape (about 1.5 ms of host time per call,
+            # measured): decode shapes change every step, so prefer the flash/efficient kernels.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         attn_backend = config.attention_backend
         if attn_backend == "auto":
             attn_backend = "sdpa"
@@ -115,7 +119,17 @@ class Engine:
         else:
             num_tokens = CPU_DEFAULT_KV_TOKENS
         num_blocks = num_tokens // cfg.block_size + 1  # +1: the scratch block
-        return self._bind(KVCache(mc.num_hidden_layers, num_blocks, cfg.block_size, mc.num_key_value_heads, mc.head_dim, self.dtype, self.device))
+        return self._bind(
+            KVCache(
+                mc.num_hidden_layers,
+                num_blocks,
+                cfg.block_size,
+                mc.num_key_value_heads,
+                mc.head_dim,
+                self.dtype,
+                self.device,
+            )
+        )
 
     def _bind(self, kv: KVCache) -> KVCache:
         for layer, attn in enumerate(self.model.attention_layers()):
@@ -180,7 +194,9 @@ class Engine:
 
     # ---- profile -----------------------------------------------------------------------------------
 
-    def apply_profile(self, buckets: Sequence[int], on_done: Callable[[ApplyResult], None] | None = None) -> None:
+    def apply_profile(
+        self, buckets: Sequence[int], on_done: Callable[[ApplyResult], None] | None = None
+    ) -> None:
         """Start a live retune; captures run between steps and `on_done` gets the result."""
         with self._lock:
             self.runner.request(tuple(buckets), on_done)
@@ -218,7 +234,9 @@ class Engine:
                 sample_rows.append(len(ids) - 1)
                 sample_reqs.append(req)
         dev = self.device
-        meta = build_attention_metadata(batch.num_new_tokens, context_lens, tables, self.kv.pool.block_size, dev)
+        meta = build_attention_metadata(
+            batch.num_new_tokens, context_lens, tables, self.kv.pool.block_size, dev
+        )
         ctx = ForwardContext(num_tokens=len(ids), attn=meta)
         input_ids = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
         pos = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
@@ -261,7 +279,9 @@ class Engine:
     # ---- offline API -------------------------------------------------------------------------------
 
     def generate(
-        self, prompts: Sequence[str | list[int]], params: SamplingParams | Sequence[SamplingParams] | None = None
+        self,
+        prompts: Sequence[str | list[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[Completion]:
         """Generate for all prompts together (continuous batching) and return them in order."""
         plist = list(params) if isinstance(params, Sequence) else [params or SamplingParams()] * len(prompts)
@@ -273,7 +293,10 @@ class Engine:
             reqs.append(self.requests[rid])
         while any(r.status is not Status.FINISHED for r in reqs):
             self.step()
-        return [Completion(r.request_id, r.prompt_token_ids, r.output_token_ids, r.output_text, r.finish_reason) for r in reqs]
+        return [
+            Completion(r.request_id, r.prompt_token_ids, r.output_token_ids, r.output_text, r.finish_reason)
+            for r in reqs
+        ]
 
     def stats_summary(self) -> dict[str, Any]:
         """Replays per bucket, rejects per reason, padded tokens (for `generate --stats`)."""
@@ -323,4 +346,12 @@ def _generation_eos(model_dir: str) -> set[int]:
     return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
 
-__all__ = ["Completion", "Engine", "EngineConfig", "RequestError", "RequestOutput", "SamplingError", "SamplingParams"]
+__all__ = [
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "RequestError",
+    "RequestOutput",
+    "SamplingError",
+    "SamplingParams",
+]

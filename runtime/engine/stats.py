@@ -31,7 +31,9 @@ class StepLog:
     def seq(self) -> int:
         return self._seq
 
-    def append(self, num_tokens: int, bucket: int | None, reason: str | None, seconds: float, gen: int) -> None:
+    def append(
+        self, num_tokens: int, bucket: int | None, reason: str | None, seconds: float, gen: int
+    ) -> None:
         with self._lock:
             self._seq += 1
             self._records.append(StepRecord(self._seq, num_tokens, bucket, reason, seconds, gen))

@@ -21,7 +21,7 @@ import torch
 from graphpilot.runtime.engine.context import ForwardContext, build_attention_metadata, forward_context
 from graphpilot.runtime.engine.kv_cache import NULL_BLOCK
 from graphpilot.runtime.graphs.breaks import break_handler
-from graphpilot.runtime.graphs.segments import CapturedBucket, CaptureBreaks, EagerBreaks, SharedBuffers
+from graphpilot.runtime.graphs.segments import CaptureBreaks, CapturedBucket, EagerBreaks, SharedBuffers
 from graphpilot.runtime.profile import BucketStats, ProfileError, bucket_for, validate_buckets
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ class _Pending:
 
 
 class GraphRunner:
-    def __init__(self, model: Any, backend: str, max_tokens: int, max_padding_ratio: float, device: torch.device):
+    def __init__(
+        self, model: Any, backend: str, max_tokens: int, max_padding_ratio: float, device: torch.device
+    ):
         self.model, self.backend, self.device = model, backend, device
         self.max_tokens, self.max_padding_ratio = max_tokens, max_padding_ratio
         self.shared = SharedBuffers(max_tokens, device)
@@ -79,6 +81,8 @@ class GraphRunner:
         self.progress: Callable[[int, int, int], None] | None = None  # (done, total, bucket)
         self._pending: _Pending | None = None
         self._pool: Any = None
+        # one capture stream for every capture: cuBLAS keeps a workspace per stream
+        self._stream = torch.cuda.Stream() if backend == "cuda" else None
         self.hidden_out = torch.empty(0)
 
     # ---- profile changes -------------------------------------------------------------------------
@@ -91,7 +95,9 @@ class GraphRunner:
     def graph_memory_bytes(self) -> int:
         return sum(s.memory_bytes for s in self.bucket_stats.values())
 
-    def request(self, buckets: tuple[int, ...] | list[int], on_done: Callable[[ApplyResult], None] | None = None) -> None:
+    def request(
+        self, buckets: tuple[int, ...] | list[int], on_done: Callable[[ApplyResult], None] | None = None
+    ) -> None:
         """Start capturing a new bucket set; it replaces the current one when complete."""
         try:
             new = validate_buckets(list(buckets))
@@ -128,8 +134,10 @@ class GraphRunner:
                 if time.perf_counter() >= deadline:
                     return None
         except (CaptureError, torch.OutOfMemoryError, RuntimeError) as e:
-            log.warning("capture failed, keeping the last good bucket set", extra={"error": str(e)})
-            return self._complete(ApplyResult("rolled_back", f"capture failed: {e}", self.buckets), swap=False)
+            log.warning("capture failed, keeping the last good bucket set: %s", e)
+            return self._complete(
+                ApplyResult("rolled_back", f"capture failed: {e}", self.buckets), swap=False
+            )
         return self._complete(ApplyResult("applied", "captured", p.buckets), swap=True)
 
     def _complete(self, res: ApplyResult, swap: bool) -> ApplyResult:
@@ -139,7 +147,8 @@ class GraphRunner:
         if swap:
             self.buckets, self.graphs, self.bucket_stats, self._pool = p.buckets, p.captured, p.stats, p.pool
             self.capture_seconds = time.perf_counter() - p.started
-        p.captured.clear()
+        else:
+            p.captured.clear()  # free the half-captured set
         self._release_memory()
         self.recaptures[res.result] += 1
         self.last_apply = res
@@ -189,13 +198,16 @@ class GraphRunner:
         free_before = torch.cuda.mem_get_info()[0]
         captured = CapturedBucket(bucket)
         handler = CaptureBreaks(self.shared, pool, captured)
-        stream = torch.cuda.Stream()
+        stream = self._stream
+        assert stream is not None
         stream.wait_stream(torch.cuda.current_stream())
         gc.freeze()
         try:
             with torch.cuda.stream(stream), break_handler(handler):
                 handler.begin()
-                hidden = self.model.forward_stack(self.shared.input_ids[:bucket], self.shared.positions[:bucket])
+                hidden = self.model.forward_stack(
+                    self.shared.input_ids[:bucket], self.shared.positions[:bucket]
+                )
                 self.hidden_out[:bucket].copy_(hidden)
                 handler.end()
         except BaseException:
@@ -223,7 +235,9 @@ class GraphRunner:
             return None, "padding_ratio"
         return bucket, None
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> tuple[torch.Tensor, Route]:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> tuple[torch.Tensor, Route]:
         """Final hidden states [n, hidden] of the live batch, and how they were computed."""
         n = input_ids.shape[0]
         bucket, reason = self.can_run(n)

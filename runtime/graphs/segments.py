@@ -13,6 +13,7 @@ replay at the same time, so sharing is safe, and graph memory stays near one buc
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,10 +114,8 @@ class CaptureBreaks:
     def abort(self) -> None:
         """End a capture that failed half-way so the stream leaves capture mode."""
         if self.graph is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 self.graph.capture_end()
-            except RuntimeError:
-                pass
             self.graph = None
 
     def __call__(self, fn: Callable[..., torch.Tensor], args: tuple[Any, ...]) -> torch.Tensor:

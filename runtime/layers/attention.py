@@ -42,15 +42,18 @@ class Attention(nn.Module):
         return out.view(n, self.num_heads * self.head_dim)
 
     def _decode_batch(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor) -> None:
+        # Grouped-query decode as plain batched matmuls: a handful of kernels per layer whatever the
+        # batch, where SDPA's dispatch would pick a per-shape plan (cuDNN) or repeat K/V (math).
         if meta.decode_rows.numel() == 0:
             return
-        qd = q[meta.decode_rows].unsqueeze(2)  # [b, heads, 1, d]
-        kd = self.k_cache[meta.decode_kv_slots].transpose(1, 2)  # [b, kv_heads, max_kv, d]
-        vd = self.v_cache[meta.decode_kv_slots].transpose(1, 2)
-        o = F.scaled_dot_product_attention(
-            qd, kd, vd, attn_mask=meta.decode_mask, scale=self.scale, enable_gqa=True
-        )
-        out[meta.decode_rows] = o.squeeze(2)
+        b, group = meta.decode_rows.numel(), self.num_heads // self.num_kv_heads
+        qd = (q[meta.decode_rows] * self.scale).view(b, self.num_kv_heads, group, self.head_dim)
+        k = self.k_cache[meta.decode_kv_slots].permute(0, 2, 3, 1)  # [b, kv_heads, d, max_kv]
+        scores = torch.matmul(qd, k).float()  # [b, kv_heads, group, max_kv]
+        scores.masked_fill_(~meta.decode_mask, float("-inf"))
+        probs = scores.softmax(dim=-1).to(q.dtype)
+        v = self.v_cache[meta.decode_kv_slots].transpose(1, 2)  # [b, kv_heads, max_kv, d]
+        out[meta.decode_rows] = torch.matmul(probs, v).view(b, self.num_heads, self.head_dim)
 
     def _prefill_each(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor) -> None:
         for i, mask in zip(meta.prefill_reqs, meta.prefill_masks, strict=True):
@@ -65,10 +68,14 @@ class Attention(nn.Module):
 
     def _reference(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor) -> None:
         group = self.num_heads // self.num_kv_heads
-        for i, (s, ql, c) in enumerate(zip(meta.query_start, meta.query_lens, meta.context_lens, strict=True)):
+        for i, (s, ql, c) in enumerate(
+            zip(meta.query_start, meta.query_lens, meta.context_lens, strict=True)
+        ):
             k = self.k_cache[meta.kv_slots[i]].repeat_interleave(group, dim=1).float()  # [c, heads, d]
             v = self.v_cache[meta.kv_slots[i]].repeat_interleave(group, dim=1).float()
             scores = torch.einsum("qhd,khd->hqk", q[s : s + ql].float(), k) * self.scale
-            allowed = torch.arange(c, device=q.device)[None, :] <= torch.arange(c - ql, c, device=q.device)[:, None]
+            allowed = (
+                torch.arange(c, device=q.device)[None, :] <= torch.arange(c - ql, c, device=q.device)[:, None]
+            )
             scores = scores.masked_fill(~allowed, float("-inf"))
             out[s : s + ql] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).to(out.dtype)

@@ -28,7 +28,9 @@ class Sampler:
             self._request_generators[request_id] = gen
         return gen
 
-    def __call__(self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[str]) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[str]
+    ) -> torch.Tensor:
         # logits: [b, vocab] fp32 -> token ids [b]
         greedy = logits.argmax(dim=-1)
         if all(p.greedy for p in params):
@@ -49,7 +51,9 @@ class Sampler:
         if all(p.top_k == 0 and p.top_p >= 1.0 for p in params):
             return logits
         vocab = logits.shape[-1]
-        top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=logits.device)
+        top_k = torch.tensor(
+            [p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=logits.device
+        )
         top_p = torch.tensor([p.top_p for p in params], device=logits.device)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         ranks = torch.arange(vocab, device=logits.device)[None, :]

@@ -62,7 +62,9 @@ def load_safetensors(model: nn.Module, cfg: ModelConfig, model_dir: str) -> None
         raise ModelError(f"checkpoint in {model_dir} lacks weights for: {sorted(missing)[:5]}")
 
 
-def _load_one(params: dict[str, nn.Parameter], cfg: ModelConfig, name: str, tensor: torch.Tensor) -> str | None:
+def _load_one(
+    params: dict[str, nn.Parameter], cfg: ModelConfig, name: str, tensor: torch.Tensor
+) -> str | None:
     if "rotary_emb" in name:
         return None
     if name == "lm_head.weight" and cfg.tie_word_embeddings:
@@ -77,7 +79,9 @@ def _load_one(params: dict[str, nn.Parameter], cfg: ModelConfig, name: str, tens
     if name not in params:
         raise ModelError(f"unexpected weight {name!r} in checkpoint")
     if params[name].shape != tensor.shape:
-        raise ModelError(f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(params[name].shape)}")
+        raise ModelError(
+            f"weight {name!r} has shape {tuple(tensor.shape)}, expected {tuple(params[name].shape)}"
+        )
     params[name].data.copy_(tensor)
     return name
 
@@ -98,7 +102,9 @@ def init_dummy(model: nn.Module, seed: int, std: float = 0.02) -> None:
             p.normal_(0.0, std, generator=gen)
 
 
-def load_model_weights(model: nn.Module, cfg: ModelConfig, model_dir: str, load_format: str, seed: int) -> float:
+def load_model_weights(
+    model: nn.Module, cfg: ModelConfig, model_dir: str, load_format: str, seed: int
+) -> float:
     """Load weights and return the seconds it took."""
     start = time.perf_counter()
     if load_format == "dummy":

@@ -28,7 +28,12 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-_QWEN3 = {"architectures": ["Qwen3ForCausalLM"], "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "head_dim": 128}
+_QWEN3 = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "head_dim": 128,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         **_QWEN3, "vocab_size": TINY_VOCAB, "hidden_size": 64, "intermediate_size": 128,
@@ -56,15 +61,144 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 WEIGHTS_PRESETS = ("tiny",)  # the others are written config-only, for --load-format dummy
 
-_WORDS = (
-    "the a an of to in and or is are was were be been it this that with for on at by from as not no yes "
-    "we you they he she i me my our your their model graph token tokens batch bucket replay capture "
-    "memory cache request requests server time fast slow small large number numbers add sum answer "
-    "question what which when where why how one two three four five six seven eight nine ten hello "
-    "world day night water fire light dark red blue green house tree road city people work make take "
-    "give find think know see look come go say tell ask use try call keep start stop run open close "
-    "read write learn teach play move live long short high low new old first last good bad great little"
-).split()
+_WORDS = [
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "and",
+    "or",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "it",
+    "this",
+    "that",
+    "with",
+    "for",
+    "on",
+    "at",
+    "by",
+    "from",
+    "as",
+    "not",
+    "no",
+    "yes",
+    "we",
+    "you",
+    "they",
+    "he",
+    "she",
+    "i",
+    "me",
+    "my",
+    "our",
+    "your",
+    "their",
+    "model",
+    "graph",
+    "token",
+    "tokens",
+    "batch",
+    "bucket",
+    "replay",
+    "capture",
+    "memory",
+    "cache",
+    "request",
+    "requests",
+    "server",
+    "time",
+    "fast",
+    "slow",
+    "small",
+    "large",
+    "number",
+    "numbers",
+    "add",
+    "sum",
+    "answer",
+    "question",
+    "what",
+    "which",
+    "when",
+    "where",
+    "why",
+    "how",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "hello",
+    "world",
+    "day",
+    "night",
+    "water",
+    "fire",
+    "light",
+    "dark",
+    "red",
+    "blue",
+    "green",
+    "house",
+    "tree",
+    "road",
+    "city",
+    "people",
+    "work",
+    "make",
+    "take",
+    "give",
+    "find",
+    "think",
+    "know",
+    "see",
+    "look",
+    "come",
+    "go",
+    "say",
+    "tell",
+    "ask",
+    "use",
+    "try",
+    "call",
+    "keep",
+    "start",
+    "stop",
+    "run",
+    "open",
+    "close",
+    "read",
+    "write",
+    "learn",
+    "teach",
+    "play",
+    "move",
+    "live",
+    "long",
+    "short",
+    "high",
+    "low",
+    "new",
+    "old",
+    "first",
+    "last",
+    "good",
+    "bad",
+    "great",
+    "little",
+]
 
 
 def synthetic_corpus(seed: int = 0, num_lines: int = 4000) -> list[str]:
@@ -103,7 +237,9 @@ def _hf_state_dict(model: torch.nn.Module, cfg: ModelConfig) -> dict[str, torch.
     for name, p in model.state_dict().items():
         t = p.detach().cpu().contiguous()
         if "qkv_proj" in name:
-            for piece, part in zip(("q_proj", "k_proj", "v_proj"), t.split([t.shape[0] - 2 * kv, kv, kv]), strict=True):
+            for piece, part in zip(
+                ("q_proj", "k_proj", "v_proj"), t.split([t.shape[0] - 2 * kv, kv, kv]), strict=True
+            ):
                 out["model." + name.replace("qkv_proj", piece)] = part.contiguous()
         elif "gate_up_proj" in name:
             for piece, part in zip(("gate_proj", "up_proj"), t.chunk(2), strict=True):
@@ -123,7 +259,12 @@ def init_model(preset: str, out_dir: str, seed: int = 0, with_weights: bool | No
     tok = train_tokenizer(seed=seed)
     eos = tok.token_to_id("<|endoftext|>")
     im_end = tok.token_to_id("<|im_end|>")
-    cfg_dict = {**PRESETS[preset], "bos_token_id": eos, "eos_token_id": [eos, im_end], "model_type": _model_type(preset)}
+    cfg_dict = {
+        **PRESETS[preset],
+        "bos_token_id": eos,
+        "eos_token_id": [eos, im_end],
+        "model_type": _model_type(preset),
+    }
     _write_json(os.path.join(out_dir, "config.json"), cfg_dict)
     _write_json(os.path.join(out_dir, "generation_config.json"), {"eos_token_id": [eos, im_end]})
     tok.save(os.path.join(out_dir, "tokenizer.json"))
@@ -137,12 +278,16 @@ def init_model(preset: str, out_dir: str, seed: int = 0, with_weights: bool | No
         with torch.device("cpu"):
             model = build_model(cfg, "reference").to(cfg.dtype)
         init_dummy(model, seed)
-        save_file(_hf_state_dict(model, cfg), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            _hf_state_dict(model, cfg), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"}
+        )
     return out_dir
 
 
 def _model_type(preset: str) -> str:
-    return {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}.get(PRESETS[preset]["architectures"][0], "qwen3")
+    return {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}.get(
+        PRESETS[preset]["architectures"][0], "qwen3"
+    )
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI, Header, HTTPException
+
 from graphpilot.runtime.profile import GraphProfile, ProfileError
 from graphpilot.sidecar.actuator import RuntimeClient
 from graphpilot.sidecar.settings import SidecarSettings

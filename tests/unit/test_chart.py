@@ -157,9 +157,18 @@ def test_peering_and_namespaces_reach_the_operator_command_line() -> None:
     args = operator_args(docs)
     assert "--peering=graphpilot" in args and "--namespace=ml" in args and "--namespace=batch" in args
     assert "--verbose" in args
-    assert {d["kind"] for d in docs} >= {"ClusterKopfPeering"}
     (dep,) = by_kind(docs, "Deployment")
     assert "strategy" not in dep["spec"]
+    # The operator creates the peering objects; the chart installs the CRD it needs (per watch scope).
+    assert [c["metadata"]["name"] for c in by_kind(docs, "CustomResourceDefinition")][
+        -1
+    ] == "kopfpeerings.kopf.dev"
+    clusterwide = render("peering.enabled=true", "replicaCount=2")
+    assert "clusterkopfpeerings.kopf.dev" in [
+        c["metadata"]["name"] for c in by_kind(clusterwide, "CustomResourceDefinition")
+    ]
+    (role,) = by_kind(clusterwide, "ClusterRole")
+    assert rule_allows(role["rules"], "kopf.dev", "clusterkopfpeerings", "create")
 
 
 @needs_helm

@@ -10,7 +10,22 @@ from graphpilot.runtime.engine.engine import Engine, RequestError
 from graphpilot.runtime.engine.request import SamplingError, SamplingParams
 from helpers import make_engine
 
-WORDS = "the model graph token batch bucket replay capture memory cache request server fast small".split()
+WORDS = [
+    "the",
+    "model",
+    "graph",
+    "token",
+    "batch",
+    "bucket",
+    "replay",
+    "capture",
+    "memory",
+    "cache",
+    "request",
+    "server",
+    "fast",
+    "small",
+]
 
 
 def prompts(n: int, seed: int = 0, max_words: int = 60) -> list[str]:
@@ -70,7 +85,10 @@ def test_eos_stops_unless_ignored(tiny_dir: str) -> None:
     engine = make_engine(tiny_dir, graph_backend="off")
     first = engine.generate(["the model"], SamplingParams(max_tokens=1, temperature=0.0))[0].token_ids[0]
     engine.eos_token_ids = {first}  # make the model's first greedy token the end token
-    assert engine.generate(["the model"], SamplingParams(max_tokens=5, temperature=0.0))[0].finish_reason == "stop"
+    assert (
+        engine.generate(["the model"], SamplingParams(max_tokens=5, temperature=0.0))[0].finish_reason
+        == "stop"
+    )
     kept = engine.generate(["the model"], SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True))[0]
     assert len(kept.token_ids) == 5 and kept.finish_reason == "length"
 
@@ -96,14 +114,21 @@ def test_seeded_sampling_is_reproducible_in_any_batch(tiny_dir: str) -> None:
     engine = make_engine(tiny_dir, graph_backend="off")
     params = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.9, top_k=50, seed=1234, ignore_eos=True)
     solo = engine.generate(["the model graph"], params)[0].token_ids
-    crowd = engine.generate(["the model graph", *prompts(7, seed=9)], [params] + [SamplingParams(max_tokens=10, temperature=1.0)] * 7)
+    crowd = engine.generate(
+        ["the model graph", *prompts(7, seed=9)],
+        [params] + [SamplingParams(max_tokens=10, temperature=1.0)] * 7,
+    )
     assert crowd[0].token_ids == solo
 
 
 def test_top_k_one_is_greedy(tiny_dir: str) -> None:
     engine = make_engine(tiny_dir, graph_backend="off")
-    greedy = engine.generate(["cache request"], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
-    topk1 = engine.generate(["cache request"], SamplingParams(max_tokens=8, temperature=1.5, top_k=1, ignore_eos=True))
+    greedy = engine.generate(
+        ["cache request"], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    )
+    topk1 = engine.generate(
+        ["cache request"], SamplingParams(max_tokens=8, temperature=1.5, top_k=1, ignore_eos=True)
+    )
     assert greedy[0].token_ids == topk1[0].token_ids
 
 

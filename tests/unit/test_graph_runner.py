@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_engine import GREEDY, prompts
 
 from graphpilot.runtime.engine.kv_cache import NULL_BLOCK
 from graphpilot.runtime.engine.request import SamplingParams
 from graphpilot.runtime.graphs.breaks import break_handler, graph_break
 from helpers import forward_logits, make_engine, new_request
-from test_engine import GREEDY, prompts
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -31,7 +31,9 @@ def test_graph_break_is_a_plain_call_outside_the_runner() -> None:
 def test_eager_backend_equals_off_bit_for_bit_at_every_bucket(tiny_dir: str, num_tokens: int) -> None:
     off = make_engine(tiny_dir, graph_backend="off")
     eager = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
-    ids = torch.randint(0, 512, (num_tokens + 3,), generator=torch.Generator().manual_seed(num_tokens)).tolist()
+    ids = torch.randint(
+        0, 512, (num_tokens + 3,), generator=torch.Generator().manual_seed(num_tokens)
+    ).tolist()
     ra, rb = new_request(), new_request()
     # prefill of num_tokens, then a decode step through the cache
     for chunk in (ids[:num_tokens], ids[num_tokens : num_tokens + 1]):
@@ -46,7 +48,9 @@ def test_batches_of_prefill_and_decode_match_off_with_zero_rejects(tiny_dir: str
     ps = prompts(num_requests, seed=num_requests, max_words=40)
     off = make_engine(tiny_dir, graph_backend="off", max_num_batched_tokens=64)
     eager = make_engine(tiny_dir, graph_backend="eager", max_num_batched_tokens=64, graph_buckets=BUCKETS)
-    assert [c.token_ids for c in eager.generate(ps, params)] == [c.token_ids for c in off.generate(ps, params)]
+    assert [c.token_ids for c in eager.generate(ps, params)] == [
+        c.token_ids for c in off.generate(ps, params)
+    ]
     assert not eager.runner.rejects
     assert sum(eager.runner.replays.values()) > 0
     mixed = eager.step_log.window(0)
@@ -102,21 +106,33 @@ def test_failed_capture_rolls_back_and_generation_continues(tiny_dir: str) -> No
 
 def test_live_retune_between_steps_keeps_outputs_identical(tiny_dir: str) -> None:
     engine = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
     ps = prompts(16, seed=5)
-    expected = [c.token_ids for c in engine.generate(ps, GREEDY)]
-    ids = [engine.add_request(p, GREEDY) for p in ps]
+    expected = [c.token_ids for c in engine.generate(ps, params)]
+    ids = [engine.add_request(p, params) for p in ps]
     results, outputs = [], {i: [] for i in ids}
     ladders = [(4, 16, 64), (1, 2, 3, 5, 8, 64), (64,), BUCKETS]
-    step = 0
+    applied_under_load = 0
     while engine.has_unfinished():
-        if step % 3 == 0 and ladders:
+        if ladders and not engine.runner.capturing:  # the next profile once the last one landed
             engine.apply_profile(ladders.pop(0), on_done=results.append)
+            applied_under_load += 1
         for o in engine.step():
             outputs[o.request_id] += o.new_token_ids
-        step += 1
-    assert [r.result for r in results] == ["applied"] * 4
+    assert applied_under_load == 4
+    assert [r.result for r in results] == ["applied"] * 4, [r.reason for r in results]
     assert [outputs[i] for i in ids] == expected
     assert engine.runner.buckets == BUCKETS
+
+
+def test_a_newer_profile_supersedes_one_still_capturing(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
+    results = []
+    engine.apply_profile((2, 64), on_done=results.append)
+    engine.apply_profile((4, 64), on_done=results.append)
+    engine.generate(prompts(2), GREEDY)
+    assert [r.result for r in results] == ["rolled_back", "applied"]
+    assert "superseded" in results[0].reason and engine.runner.buckets == (4, 64)
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,14 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sidecar_fakes import cost_table, settings
+
 from graphpilot.runtime.profile import GraphProfile
 from graphpilot.sidecar import cli
 from graphpilot.sidecar.actuator import ClusterStore
 from graphpilot.sidecar.app import create_app
 from graphpilot.sidecar.simulator import SimRuntime
-from prometheus_client.parser import text_string_to_metric_families
-from sidecar_fakes import cost_table, settings
 
 METRICS = {
     "graphpilot_autotune_decisions",

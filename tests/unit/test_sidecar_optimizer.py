@@ -6,10 +6,11 @@ import itertools
 import math
 
 import numpy as np
-from graphpilot.runtime.profile import bucket_for
-from graphpilot.sidecar.optimizer import Problem, solve
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from graphpilot.runtime.profile import bucket_for
+from graphpilot.sidecar.optimizer import Problem, solve
 
 
 @st.composite

@@ -21,11 +21,11 @@ def test_pressure_raises_one_step_at_a_time_up_to_the_bound() -> None:
 
 def test_after_a_failure_the_fraction_stays_below_what_failed_and_waits() -> None:
     p = MemoryPolicy(lo=0.5, hi=0.95, step=0.02, backoff_seconds=100)
-    p.on_failure(0.9, now=0)
+    p.on_failure(0.9, 0.0, now=0)
     assert p.propose(0.86, PRESSURE, now=50) is None  # backing off
     assert p.propose(0.86, PRESSURE, now=150) == 0.88  # capped at 0.9 - step
     assert p.propose(0.88, PRESSURE, now=150) is None
-    p.on_failure(0.88, now=200)
+    p.on_failure(0.88, 0.0, now=200)
     assert p.backoff_until == 200 + 200  # doubled
     assert p.propose(0.88, IDLE, now=500) == 0.86  # above the new ceiling: step back down
 
@@ -45,7 +45,7 @@ def test_gate_requires_gain_outside_cooldown_unless_traffic_is_uncovered() -> No
     assert g.refuse((1, 2), gain=0.10, urgent=False, now=0) is None
     g.applied(now=0)
     assert g.refuse((1, 2), gain=0.5, urgent=True, now=30) == "cooldown"
-    g.hold((1, 4), now=100, pause=True)
+    g.hold((1, 4), now=100, pause=600)
     assert g.refuse((1, 4), gain=0.5, urgent=True, now=200) == "held_after_rollback"
-    assert g.refuse((1, 8), gain=0.5, urgent=False, now=200) == "paused_after_regression"
+    assert g.refuse((1, 8), gain=0.5, urgent=False, now=200) == "paused_after_failure"
     assert g.refuse((1, 8), gain=0.0, urgent=True, now=200) is None  # uncovered traffic still wins

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from graphpilot.runtime.profile import StatsWindow
 from graphpilot.sidecar.stats import Cursor, DecayedWindow
 

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sidecar_fakes import admin_app, client_for, cost_table, settings
+
 from graphpilot.runtime.profile import GraphProfile
 from graphpilot.sidecar.actuator import FileStore, NullStore, ProfileStore, RuntimeClient
 from graphpilot.sidecar.simulator import SimRuntime
 from graphpilot.sidecar.tuner import Tuner
-from sidecar_fakes import admin_app, client_for, cost_table, settings
 
 LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # decode-like small sizes plus prefill sizes that the ladder pads badly
@@ -74,7 +75,7 @@ def test_a_regression_after_an_apply_is_rolled_back_within_one_evaluation_window
     for _ in range(3):  # no flapping: the regressed set is held, not re-applied
         pod.interval()
     assert pod.sim.buckets == LADDER
-    assert pod.tuner.decisions[-1].reason in ("held_after_rollback", "paused_after_regression")
+    assert pod.tuner.decisions[-1].reason in ("held_after_rollback", "paused_after_failure")
 
 
 def test_traffic_above_the_largest_bucket_gets_covered_at_once() -> None:

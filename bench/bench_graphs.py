@@ -1,0 +1,187 @@
+"""Breakable CUDA graphs vs eager on one GPU, side by side in one run; prints JSON.
+
+  python bench/bench_graphs.py --shape qwen3-8b --out bench/results/graphs-qwen3-8b.json
+
+Sections: the mgsm-like workload (prompts 64..512 tokens, 256 output tokens, all requests queued,
+`concurrency` = max running requests) for each backend; per-bucket replay time, capture time and
+graph memory of the default ladder; the cost of the breaks against one unbroken CUDA graph of the
+same stack (decode batches of n requests at a fixed context); the weight-read floor of a decode step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from graphpilot.runtime.config import EngineConfig
+from graphpilot.runtime.engine.context import ForwardContext, build_attention_metadata, forward_context
+from graphpilot.runtime.engine.engine import Engine
+from graphpilot.runtime.engine.request import SamplingParams
+from graphpilot.runtime.models.presets import init_model
+
+
+def make_engine(model_dir: str, backend: str, concurrency: int, args: argparse.Namespace) -> Engine:
+    return Engine(EngineConfig(
+        model=model_dir, load_format="dummy", graph_backend=backend, max_running_requests=concurrency,
+        max_num_batched_tokens=args.max_num_batched_tokens, mem_fraction_static=args.mem_fraction_static,
+        progress=False,
+    ))  # fmt: skip
+
+
+def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    vocab = min(engine.model_config.vocab_size, 100000)
+    prompts = [torch.randint(0, vocab, (int(torch.randint(64, 513, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(num_requests)]  # fmt: skip
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    engine.runner.replays.clear()
+    engine.runner.rejects.clear()
+    cursor = engine.step_log.seq
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    outs = engine.generate(prompts, params)
+    seconds = time.perf_counter() - start
+    w = engine.step_log.window(cursor)
+    generated = sum(len(o.token_ids) for o in outs)
+    return {
+        "num_requests": num_requests, "output_tokens": generated, "seconds": round(seconds, 3),
+        "output_tokens_per_s": round(generated / seconds, 1),
+        "prompt_tokens": sum(len(p) for p in prompts), "steps": w.cursor - w.since,
+        "replays": sum(w.replays.values()), "rejects": w.rejects, "padded_tokens": w.padded_tokens,
+        "graph_tokens": w.graph_tokens, "eager_tokens": w.eager_tokens,
+        "mean_step_ms": round(1000 * w.forward_seconds / max(1, w.cursor - w.since), 3),
+    }  # fmt: skip
+
+
+def _median_ms(fn: Any, iters: int = 30) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def break_cost(engine: Engine, sizes: list[int], context: int) -> list[dict[str, Any]]:
+    """Step time of the stack for n decode requests: eager, breakable graphs, one unbroken graph."""
+    model, runner, bs = engine.model, engine.runner, engine.kv.pool.block_size
+    table = list(range(1, context // bs + 2))
+    rows = []
+    for n in sizes:
+        meta = build_attention_metadata([1] * n, [context] * n, [table] * n, bs, engine.device)
+        ctx = ForwardContext(n, meta)
+        ids = torch.randint(0, 1000, (n,), device=engine.device)
+        pos = torch.full((n,), context - 1, device=engine.device)
+        with forward_context(ctx):
+            eager_ms = _median_ms(lambda ids=ids, pos=pos: model.forward_stack(ids, pos))
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                model.forward_stack(ids, pos)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                model.forward_stack(ids, pos)
+            unbroken_ms = _median_ms(graph.replay)
+            del graph
+        breakable_ms = _median_ms(lambda ids=ids, pos=pos, ctx=ctx: runner.forward(ids, pos, ctx))
+        rows.append({
+            "num_tokens": n, "context": context, "eager_ms": round(eager_ms, 4),
+            "breakable_graph_ms": round(breakable_ms, 4), "unbroken_graph_ms": round(unbroken_ms, 4),
+            "break_overhead_pct": round(100 * (breakable_ms / unbroken_ms - 1), 2),
+            "bucket": runner.can_run(n)[0],
+        })  # fmt: skip
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second)."""
+    x = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = _median_ms(lambda: y.copy_(x), iters=10)
+    return 2 * 2 * 2**30 / (ms / 1000)
+
+
+def weight_bytes(engine: Engine) -> int:
+    return sum(p.numel() * p.element_size() for p in engine.model.parameters())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="qwen3-0.6b")
+    p.add_argument("--runs", default="cuda:32,cuda:1,off:32,off:1", help="backend:concurrency, in order")
+    p.add_argument("--num-requests", type=int, default=200, help="at concurrency > 1")
+    p.add_argument("--num-requests-c1", type=int, default=8, help="at concurrency 1 (sequential)")
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--mem-fraction-static", type=float, default=0.85)
+    p.add_argument("--break-sizes", default="1,2,4,8,16,32,64,128,256")
+    p.add_argument("--context", type=int, default=512)
+    p.add_argument("--out")
+    args = p.parse_args()
+    model_dir = init_model(args.shape, tempfile.mkdtemp(prefix=f"{args.shape}-"))
+    result: dict[str, Any] = {
+        "shape": args.shape,
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+    }
+    result["copy_bandwidth_bytes_per_s"] = copy_bandwidth()
+    result["runs"] = []
+    for spec in args.runs.split(","):
+        backend, c = spec.split(":")[0], int(spec.split(":")[1])
+        t0 = time.perf_counter()
+        engine = make_engine(model_dir, backend, c, args)
+        run: dict[str, Any] = {"backend": backend, "concurrency": c, "engine_start_seconds": round(time.perf_counter() - t0, 2),
+                               "load_seconds": round(engine.load_seconds, 2)}  # fmt: skip
+        if backend == "cuda" and "graphs" not in result:
+            result["weight_bytes"] = weight_bytes(engine)
+            result["decode_floor_ms"] = round(
+                1000 * result["weight_bytes"] / (result["copy_bandwidth_bytes_per_s"] / 2), 4
+            )
+            result["graphs"] = {
+                "buckets": list(engine.runner.buckets), "capture_seconds": round(engine.runner.capture_seconds, 3),
+                "graph_memory_bytes": engine.runner.graph_memory_bytes,
+                "shared_boundary_bytes": engine.runner.shared.nbytes,
+                "per_bucket": [s.to_dict() for s in sorted(engine.runner.bucket_stats.values(), key=lambda s: s.num_tokens)],
+            }  # fmt: skip
+            save(result, args.out)
+            sizes = [int(x) for x in args.break_sizes.split(",") if x]
+            result["break_cost"] = break_cost(engine, sizes, args.context)
+            save(result, args.out)
+        n = args.num_requests if c > 1 else args.num_requests_c1
+        run.update(workload(engine, n, args.output_len, seed=0))
+        print(json.dumps(run), file=sys.stderr)
+        result["runs"].append(run)
+        save(result, args.out)
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
+    print(json.dumps(result, indent=2))
+
+
+def save(result: dict[str, Any], path: str | None) -> None:
+    """Write what has been measured so far: a run cut short still leaves its numbers."""
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
