@@ -158,5 +158,5 @@ def test_empty_and_out_of_vocabulary_prompts_are_refused(tiny_dir: str) -> None:
     engine = make_engine(tiny_dir, graph_backend="off")
     with pytest.raises(RequestError, match="empty"):
         engine.add_request("", GREEDY)
-    with pytest.raises(RequestError, match="within 0..511"):
+    with pytest.raises(RequestError, match=r"within 0\.\.511"):
         engine.add_request([5, 100000], GREEDY)

@@ -71,7 +71,7 @@ def test_unknown_architecture_is_named(tiny_dir: str, tmp_path) -> None:
     cfg = json.loads((d / "config.json").read_text())
     cfg["architectures"] = ["MixtralForCausalLM"]
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelError, match="unsupported architecture.*MixtralForCausalLM"):
+    with pytest.raises(ModelError, match=r"unsupported architecture.*MixtralForCausalLM"):
         make_engine(str(d))
 
 
