@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import sys
 import tarfile
 import tempfile
@@ -24,9 +25,12 @@ def _run(args: argparse.Namespace) -> int:
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
+        # Peers of equal priority all pause (kopf's rule), so each replica draws its own.
+        priority=args.priority if args.priority is not None else random.randint(1, 1_000_000),
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
+        memo=kopf.Memo(namespaces=list(args.namespace or ())),
     )
     return 0
 
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--peering", help="kopf peering name: several replicas elect one active operator; default standalone"
+    )
+    run.add_argument(
+        "--priority", type=int, help="peering priority; the highest live peer is active (default: random)"
     )
     run.add_argument("--liveness", help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--log-format", choices=["json", "plain"], default="json")

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import kopf
+
 from graphpilot.operator import resources as res
 from graphpilot.operator.kube import Kube, KubeError
 from graphpilot.operator.spec import API_VERSION, GROUP, KIND, PLURAL, VERSION, ServiceSpec
@@ -22,7 +23,7 @@ IS = (GROUP, VERSION, PLURAL)
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Keep kopf's bookkeeping in our own annotations and out of status; post only our own events."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -33,8 +34,26 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = int(os.environ.get("GRAPHPILOT_OPERATOR_WORKERS", "8"))
     settings.watching.server_timeout = 300
     memo.kube = Kube()
+    if not settings.peering.standalone:
+        _ensure_peering(memo.kube, settings.peering.name, memo.namespaces, logger)
     memo.image = os.environ.get("GRAPHPILOT_OPERATOR_IMAGE", "")
     memo.cluster_domain = os.environ.get("GRAPHPILOT_OPERATOR_CLUSTER_DOMAIN", "cluster.local")
+
+
+def _ensure_peering(kube: Kube, name: str, namespaces: list[str], logger: kopf.Logger) -> None:
+    """kopf elects the active replica through a peering object but never creates it: create it here.
+
+    (A chart cannot ship the object next to its CRD: the CRD is not served yet when Helm applies it.)
+    """
+    objs = [{"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": ns}}
+            for ns in namespaces] or [{"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}]  # fmt: skip
+    for obj in objs:
+        try:
+            if kube.create(obj):
+                logger.info("created %s %s", obj["kind"], name)
+        except KubeError as e:
+            # kopf itself then reports the missing peering (and refuses to run unpeered when asked to peer).
+            logger.warning("cannot create %s %s: %s", obj["kind"], name, e.message)
 
 
 def _retry(e: KubeError, what: str) -> kopf.TemporaryError:

@@ -25,6 +25,8 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "ServiceMonitor": "servicemonitors",
     "InferenceService": "inferenceservices",
+    "KopfPeering": "kopfpeerings",
+    "ClusterKopfPeering": "clusterkopfpeerings",
 }
 
 
@@ -42,8 +44,9 @@ class KubeError(Exception):
 
 
 def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
+    """REST path of an object; an empty namespace means a cluster-scoped kind."""
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    path = f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
+    path = f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}" if namespace else f"{prefix}/{PLURALS[kind]}"
     return f"{path}/{name}" if name else path
 
 
@@ -124,6 +127,18 @@ class Kube:
         out = self._call("PATCH", path, manifest, params, content_type="application/apply-patch+yaml")
         assert out is not None
         return out
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create the object unless it exists; True when this call created it."""
+        meta = manifest["metadata"]
+        path = object_path(manifest["apiVersion"], manifest["kind"], meta.get("namespace", ""))
+        try:
+            self._call("POST", path, manifest)
+        except KubeError as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}

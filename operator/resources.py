@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from graphpilot.operator.spec import (
     ADMIN_PORT,
     API_VERSION,

@@ -36,8 +36,8 @@ OWNED = ["deployment", "service", "serviceaccount", "role", "rolebinding", "conf
 class Operator:
     """graphpilot-operator as a local process, with the chart ServiceAccount's identity."""
 
-    def __init__(self, cluster: Cluster, workdir: Path) -> None:
-        self.cluster, self.workdir = cluster, workdir
+    def __init__(self, cluster: Cluster, workdir: Path, *args: str) -> None:
+        self.cluster, self.workdir, self.args = cluster, workdir, args
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "operator.log"
 
@@ -60,7 +60,15 @@ class Operator:
             "GRAPHPILOT_OPERATOR_IMAGE": "graphpilot/graphpilot:e2e",
             "GRAPHPILOT_OPERATOR_RESYNC_SECONDS": "30",
         }
-        cmd = [sys.executable, "-m", "graphpilot.operator.cli", "run", "--verbose", "--log-format=plain"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "graphpilot.operator.cli",
+            "run",
+            "--verbose",
+            "--log-format=plain",
+            *self.args,
+        ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
 
@@ -472,3 +480,48 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     )
     assert get(cluster, namespace, "deployment", "crashy")["metadata"]["resourceVersion"] == rv  # type: ignore[index]
     assert owned(cluster, namespace, "crashy") == final
+
+
+def peers(cluster: Cluster) -> dict[str, Any]:
+    """The operators announced in the ClusterKopfPeering object (identity -> priority, lifetime)."""
+    out = cluster.kubectl("get", "clusterkopfpeering", "graphpilot", "-o", "json", check=False)
+    return (json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else {}
+
+
+def test_peered_operators_reconcile_once_and_hand_over(
+    cluster: Cluster, namespace: str, operator: Operator, tmp_path: Path
+) -> None:
+    peering = ["--set", "peering.enabled=true", "--set", "replicaCount=2"]
+    cluster.run("helm", "upgrade", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait=false", *peering)
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"
+    )
+    operator.stop()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    active = Operator(cluster, tmp_path / "a", "--peering=graphpilot", "--priority=200")
+    standby = Operator(cluster, tmp_path / "b", "--peering=graphpilot", "--priority=100")
+    done = "Handler 'reconcile' succeeded"
+    try:
+        # kopf's peering is no lock: two peers that start at the same instant may both act for a moment
+        # (harmless here, every write is an idempotent apply). Start them one after the other.
+        active.start()
+        wait_for("the active peer", lambda: len(peers(cluster)) == 1, active)
+        standby.start()
+        wait_for("two peers", lambda: len(peers(cluster)) == 2, standby)
+        assert "Resuming operations" in active.tail(200)
+        assert apply(cluster, namespace, example("peered", replicas=1)).returncode == 0
+        wait_for("Ready", lambda: is_ready(get(cluster, namespace, "gpis", "peered")), active)
+        assert active.count(done) >= 1 and standby.count(done) == 0
+
+        active.stop()  # a graceful exit withdraws it from the peering: the standby takes over
+        wait_for("the standby to resume", lambda: "Resuming operations" in standby.tail(200), standby)
+        cluster.kubectl("scale", "gpis", "peered", "-n", namespace, "--replicas=2")
+        wait_for("Ready at 2 under the standby", lambda: is_ready(get(cluster, namespace, "gpis", "peered"))
+                 and get(cluster, namespace, "gpis", "peered")["status"]["readyReplicas"] == 2, standby)  # type: ignore[index]  # fmt: skip
+        assert standby.count(done) >= 1
+    finally:
+        active.stop()
+        standby.stop()
+        cluster.run("helm", "upgrade", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait=false")
+        operator.start()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from graphpilot.operator import resources as res
 
 ROOT = Path(__file__).resolve().parents[2]
