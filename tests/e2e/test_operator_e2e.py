@@ -525,3 +525,45 @@ def test_peered_operators_reconcile_once_and_hand_over(
         standby.stop()
         cluster.run("helm", "upgrade", RELEASE, str(CHART), "-n", SYSTEM_NS, "--wait=false")
         operator.start()
+
+
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor"},
+        "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}  # fmt: skip
+
+
+def test_service_monitor_follows_the_prometheus_operator_and_the_spec(
+    cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    assert apply(cluster, namespace, example("scraped", replicas=1)).returncode == 0
+    wait_for("Ready", lambda: is_ready(get(cluster, namespace, "gpis", "scraped")), operator)
+    cluster.apply(SERVICE_MONITOR_CRD)  # as if the Prometheus Operator were installed now
+    try:
+        cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+        # No spec change: the periodic resync notices the new API.
+        wait_for(
+            "ServiceMonitor",
+            lambda: get(cluster, namespace, "servicemonitor", "scraped") is not None,
+            operator,
+        )
+        sm = get(cluster, namespace, "servicemonitor", "scraped")
+        assert sm is not None
+        assert [e["port"] for e in sm["spec"]["endpoints"]] == ["http", "autotuner"]
+        svc = get(cluster, namespace, "service", "scraped")
+        assert svc is not None
+        assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+        off = {"spec": {"monitoring": {"serviceMonitor": False}, "disruptionBudget": {"enabled": False}}}
+        cluster.kubectl("patch", "gpis", "scraped", "-n", namespace, "--type=merge", "-p", json.dumps(off))
+        wait_for("ServiceMonitor and PDB pruned", lambda: get(cluster, namespace, "servicemonitor", "scraped") is None
+                 and get(cluster, namespace, "pdb", "scraped") is None, operator)  # fmt: skip
+    finally:
+        cluster.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com", "--wait=true")
