@@ -78,7 +78,9 @@ class Engine:
         with torch.device(self.device):
             self.model = build_model(self.model_config, attn_backend).to(self.dtype).eval()
         fmt = "dummy" if config.load_format == "dummy" else "safetensors"
-        self.load_seconds = load_model_weights(self.model, self.model_config, config.model, fmt, config.seed)
+        self.load_seconds = load_model_weights(
+            self.model, self.model_config, config.model, fmt, config.seed, config.progress
+        )
         log.info("weights loaded", extra={"seconds": round(self.load_seconds, 2), "format": fmt})
         self.kv = self._allocate_kv_cache()
         self.max_model_len = min(

@@ -11,6 +11,7 @@ from safetensors import safe_open
 from torch import nn
 
 from graphpilot.runtime.models.config import ModelConfig, ModelError
+from graphpilot.runtime.progress import Progress
 
 # checkpoint name piece -> (our fused parameter, shard index)
 _PACKED = {
@@ -47,11 +48,14 @@ def _shard_sizes(cfg: ModelConfig, fused: str) -> list[int]:
     return [cfg.intermediate_size, cfg.intermediate_size]
 
 
-def load_safetensors(model: nn.Module, cfg: ModelConfig, model_dir: str) -> None:
+def load_safetensors(model: nn.Module, cfg: ModelConfig, model_dir: str, progress: bool = True) -> None:
     """Copy every checkpoint tensor into its (possibly fused) parameter; fail on anything missing."""
     params = dict(model.named_parameters())
     loaded: set[str] = set()
-    for path in checkpoint_files(model_dir):
+    files = checkpoint_files(model_dir)
+    bar = Progress("loading weights", enabled=progress and len(files) > 1)
+    for i, path in enumerate(files):
+        bar.update(i + 1, len(files), os.path.basename(path))
         with safe_open(path, framework="pt") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
                 target = _load_one(params, cfg, name.removeprefix("model."), f.get_tensor(name))
@@ -103,12 +107,14 @@ def init_dummy(model: nn.Module, seed: int, std: float = 0.02) -> None:
 
 
 def load_model_weights(
-    model: nn.Module, cfg: ModelConfig, model_dir: str, load_format: str, seed: int
+    model: nn.Module, cfg: ModelConfig, model_dir: str, load_format: str, seed: int, progress: bool = True
 ) -> float:
-    """Load weights and return the seconds it took."""
+    """Load weights and return the seconds it took (device work included)."""
     start = time.perf_counter()
     if load_format == "dummy":
         init_dummy(model, seed)
     else:
-        load_safetensors(model, cfg, model_dir)
+        load_safetensors(model, cfg, model_dir, progress)
+    if next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - start
