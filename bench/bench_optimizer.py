@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from graphpilot.sidecar.optimizer import Problem, solve
 from graphpilot.sidecar.simulator import h200_table
 

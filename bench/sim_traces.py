@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from graphpilot.runtime.profile import default_buckets
 from graphpilot.sidecar.settings import SidecarSettings
 from graphpilot.sidecar.simulator import (

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+
 from graphpilot.runtime.profile import GraphProfile, ProfileError, StatsWindow
 
 from .settings import SidecarSettings
@@ -40,6 +41,7 @@ class RuntimeClient:
         headers = {}
         if settings.admin_token is not None:
             headers["Authorization"] = f"Bearer {settings.admin_token.get_secret_value()}"
+        self._apply_timeout = settings.apply_timeout_seconds
         self._http = httpx.AsyncClient(
             base_url=settings.admin_url,
             headers=headers,
@@ -53,7 +55,8 @@ class RuntimeClient:
 
     async def put_profile(self, profile: GraphProfile) -> dict[str, Any]:
         """Ask the runtime to apply a profile; answers applied / rolled_back / rejected."""
-        return await self._call("PUT", "/admin/profile", json=profile.to_dict())
+        # the runtime answers once the new buckets are captured: that can take a while
+        return await self._call("PUT", "/admin/profile", json=profile.to_dict(), timeout=self._apply_timeout)
 
     async def get_stats(self, cursor: int) -> StatsWindow:
         """Exact counts since `cursor`."""
@@ -70,11 +73,22 @@ class RuntimeClient:
             raise RuntimeUnavailable(f"{method} {path}: {type(e).__name__}: {e}") from e
         if r.status_code in (400, 409, 422) and method == "PUT":
             # the runtime refused the profile itself: a decision, not an outage
-            return {"result": "rejected", "reason": r.text[:500]}
+            return _refusal(r)
         if r.status_code != 200:
             raise RuntimeUnavailable(f"{method} {path}: HTTP {r.status_code}: {r.text[:200]}")
         data: dict[str, Any] = r.json()
         return data
+
+
+def _refusal(r: httpx.Response) -> dict[str, Any]:
+    """The runtime's own answer to a refused PUT if it sent one, else a rejected answer with its text."""
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "result" in body:
+        return body
+    return {"result": "rejected", "reason": r.text[:500]}
 
 
 class ProfileStore(Protocol):

@@ -10,6 +10,11 @@ Sources, most trusted first:
   time that a graph removes. The overhead is fitted from windows with eager forwards (see `calibrate`);
   until then it is `eager_overhead_ratio` times the smallest bucket's replay time (launch-bound regime).
 
+Padding: each token a replay computes also costs `padding_token_seconds` (tau), real or padding, on
+both paths. Real tokens then add the same constant to every bucket set, so the objective becomes
+time + tau * padded tokens: padding is never free, even where measured replay times are flat (decode
+sizes, CPU). tau is `padding_weight` times the live average forward seconds per token.
+
 Memory: the graph pool is shared by all buckets and sized by the largest one (boundary buffers are
 slices of one max-sized buffer), so the runtime reports the pool on the largest bucket and only a small
 overhead on each other bucket. Modelled as pool(n) = bytes_per_token * n for the largest bucket (fitted
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from graphpilot.runtime.profile import StatsWindow, bucket_for
 
 # Used only before the runtime reported any replay time: relative costs, not seconds.
@@ -39,6 +45,7 @@ class CostModel:
     pool_bytes: dict[int, int] = field(default_factory=dict)  # largest bucket -> its memory_bytes
     bucket_bytes: float = 0.0
     eager_overhead_seconds: float | None = None  # fitted; None until eager forwards were seen
+    padding_token_seconds: float = 0.0  # tau: the charge of every computed token (see the module doc)
     _fit: list[float] = field(default_factory=lambda: [0.0] * 5)  # decayed sums for calibrate()
 
     def observe_profile(self, buckets: tuple[int, ...], bucket_stats: list[dict[str, Any]]) -> None:
@@ -59,6 +66,10 @@ class CostModel:
             self.bucket_bytes = float(np.median(others))
 
     def graph_seconds(self, sizes: np.ndarray) -> np.ndarray:
+        """[n] modelled seconds of a replay of a bucket at each size, padding charge included."""
+        return self.replay_estimate(sizes) + self.padding_token_seconds * np.asarray(sizes, dtype=np.float64)
+
+    def replay_estimate(self, sizes: np.ndarray) -> np.ndarray:
         """[n] replay seconds of a bucket at each size: measured, interpolated or extrapolated."""
         xs, ys = self._monotone_points()
         slope = self._slope(xs, ys)
@@ -68,11 +79,24 @@ class CostModel:
         below = np.maximum(ys[0] - slope * (xs[0] - sizes), 0.0)
         return np.where(sizes > xs[-1], above, np.where(sizes < xs[0], below, inner))
 
-    def capture_seconds(self, buckets: set[int]) -> float:
-        """Modelled time to capture these buckets: the mean measured capture time each."""
-        if not buckets or not self.capture:
-            return 0.0
-        return len(buckets) * float(np.mean(list(self.capture.values())))
+    def capture_seconds(self, sizes: np.ndarray) -> np.ndarray:
+        """[n] modelled time to capture a bucket of each size: c0 + c1 * its replay time.
+
+        Capture replays a bucket a few times (c1) plus fixed work (c0: graph instantiation, warm-up);
+        least squares over the buckets the runtime reported both times for, both clamped >= 0.
+        """
+        sizes = np.asarray(sizes, dtype=np.float64)
+        both = sorted(n for n in self.capture if n in self.replay_seconds)
+        if not both:
+            return np.zeros(len(sizes))
+        r = np.array([self.replay_seconds[n] for n in both])
+        c = np.array([self.capture[n] for n in both])
+        if len(both) >= 2 and np.ptp(r) > 0:
+            c1, c0 = np.polyfit(r, c, 1)
+        else:
+            c1, c0 = 0.0, float(np.mean(c))
+        c1, c0 = max(float(c1), 0.0), max(float(c0), 0.0)
+        return c0 + c1 * self.replay_estimate(sizes)
 
     def eager_seconds(self, sizes: np.ndarray) -> np.ndarray:
         """[n] seconds of one eager forward of each size."""
@@ -99,9 +123,23 @@ class CostModel:
         return float(self.pool_bytes_for(np.array([buckets[-1]]))[0]) + self.bucket_bytes * len(buckets)
 
     def expected_seconds(
-        self, sizes: np.ndarray, weights: np.ndarray, buckets: tuple[int, ...], max_padding_ratio: float = 1.0
+        self,
+        sizes: np.ndarray,
+        weights: np.ndarray,
+        buckets: tuple[int, ...],
+        max_padding_ratio: float = 1.0,
+        padding_charge: bool = True,
     ) -> float:
-        """Expected forward seconds of the window's forwards under a bucket set (the optimiser's model)."""
+        """Expected forward seconds of the window's forwards under a bucket set (the optimiser's model).
+
+        Without `padding_charge`, the modelled forward time alone (tau left out).
+        """
+        if not padding_charge:
+            tau, self.padding_token_seconds = self.padding_token_seconds, 0.0
+            try:
+                return self.expected_seconds(sizes, weights, buckets, max_padding_ratio)
+            finally:
+                self.padding_token_seconds = tau
         if len(sizes) == 0:
             return 0.0
         b = np.asarray(buckets)
@@ -111,6 +149,15 @@ class CostModel:
         too_padded = (bucket - sizes) / bucket > max_padding_ratio
         served = np.where(idx >= len(b), e, np.where(too_padded, np.maximum(e, g), g))
         return float(np.dot(weights, served))
+
+    def observe_token_cost(self, window: StatsWindow, padding_weight: float, decay: float) -> None:
+        """Update tau from one window: padding_weight * forward seconds per real token (decayed mean)."""
+        tokens = window.graph_tokens + window.eager_tokens
+        if tokens <= 0 or window.forward_seconds <= 0:
+            return
+        tau = padding_weight * window.forward_seconds / tokens
+        old = self.padding_token_seconds
+        self.padding_token_seconds = tau if old == 0 else decay * old + (1 - decay) * tau
 
     def calibrate(self, window: StatsWindow, buckets: tuple[int, ...], decay: float) -> None:
         """Fit the eager overhead from one window: residual time = c0 * forwards + overhead * eager forwards.

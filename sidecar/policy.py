@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from graphpilot.runtime.profile import GraphProfile, StatsWindow
 
 from .costmodel import CostModel
@@ -33,6 +34,7 @@ class MemoryPolicy:
     backoff_until: float = -math.inf
     backoff_seconds: float = 300.0
     budget_scale: float = 1.0  # share of the configured graph-memory budget the optimiser may use
+    budget_cap: float = math.inf  # bytes: below what the last failed capture was modelled to need
     _low_streak: int = 0
 
     def pressure(self, window: StatsWindow) -> bool:
@@ -60,13 +62,25 @@ class MemoryPolicy:
             return round(max(upper, self.lo), 4)  # above a ceiling set by an earlier failure
         return None
 
-    def on_failure(self, attempted: float | None, now: float) -> None:
-        """Back off after an OOM or failed capture: cap the fraction and halve the graph budget."""
+    def on_failure(self, attempted: float | None, graph_bytes: float, now: float) -> float:
+        """Back off after an OOM or failed capture; returns how long non-urgent changes should wait.
+
+        The fraction is capped below what failed, the graph budget halved and kept under 3/4 of
+        what the failed bucket set was modelled to need (the model was too optimistic).
+        """
         if attempted is not None:
             self.ceiling = min(self.ceiling, attempted - self.step)
-        self.backoff_until = now + self.backoff_seconds
+        if graph_bytes > 0:
+            self.budget_cap = min(self.budget_cap, 0.75 * graph_bytes)
+        wait = self.backoff_seconds
+        self.backoff_until = now + wait
         self.backoff_seconds *= 2
         self.budget_scale = max(0.25, self.budget_scale / 2)
+        return wait
+
+    def graph_budget(self, configured: float) -> float:
+        """The graph-memory budget the optimiser may use now."""
+        return min(configured * self.budget_scale, self.budget_cap)
 
 
 @dataclass
@@ -95,22 +109,21 @@ class SafetyGate:
         if urgent:
             return None
         if self.paused_until > now:
-            return "paused_after_regression"
+            return "paused_after_failure"
         if gain < self.min_gain:
             return "below_min_gain"
         if payback > self.max_payback_seconds:
             return "capture_cost"
         return None
 
-    def hold(self, buckets: tuple[int, ...], now: float, pause: bool = False) -> None:
+    def hold(self, buckets: tuple[int, ...], now: float, pause: float = 0.0) -> None:
         """Keep a bucket set that failed or regressed out of proposals for a while.
 
-        With `pause` (a measured regression), hold every non-urgent retune too: the cost model
-        mispredicted, and a neighbouring set would most likely regress the same way.
+        With `pause` seconds (a measured regression, a failed capture), hold every non-urgent retune
+        too: the model mispredicted, and a neighbouring set would most likely fail the same way.
         """
         self.held[buckets] = now + self.hold_seconds
-        if pause:
-            self.paused_until = now + self.hold_seconds
+        self.paused_until = max(self.paused_until, now + pause)
 
     def applied(self, now: float) -> None:
         """Start the cooldown."""
@@ -140,8 +153,10 @@ class Evaluation:
 
     Forward seconds per window are compared with what the *old* set would have cost on the *same*
     windows: calib = measured / modelled under the old set before the apply, then
-    expected_old = calib * modelled_old(after windows). A traffic shift after the apply moves both
-    sides alike, so it is not mistaken for a regression.
+    expected_old = calib * modelled_old(after windows). A small drift of the traffic moves both
+    sides alike. A large shift does not (what the model leaves out, such as attention over long
+    prompts or sampling, differs by size), so when the before and after distributions are far apart
+    (total variation above a limit) the apply is not judged: the comparison would be noise.
     """
 
     old: GraphProfile
@@ -150,6 +165,7 @@ class Evaluation:
     calib_old: float
     decision: Decision
     max_padding_ratio: float = 1.0
+    before: dict[int, float] = field(default_factory=dict)  # share of forwards per size before
     windows: list[StatsWindow] = field(default_factory=list)
 
     def add(self, window: StatsWindow) -> None:
@@ -160,6 +176,13 @@ class Evaluation:
         """Enough intervals with enough forwards to judge."""
         forwards = sum(sum(w.num_tokens.values()) for w in self.windows)
         return len(self.windows) >= intervals and forwards >= min_forwards
+
+    def traffic_shift(self) -> float:
+        """Total variation distance between the size distributions before and after the apply."""
+        sizes, weights = merged_distribution(self.windows)
+        after = shares(dict(zip(sizes.tolist(), weights.tolist(), strict=True)))
+        keys = set(after) | set(self.before)
+        return 0.5 * sum(abs(after.get(k, 0.0) - self.before.get(k, 0.0)) for k in keys)
 
     def measured_gain(self, model: CostModel) -> float:
         """1 - measured seconds / seconds the old set would have taken (negative: a regression)."""
@@ -178,6 +201,12 @@ def calibration(
     modelled = model.expected_seconds(sizes, weights, buckets, max_padding_ratio)
     measured = sum(w.forward_seconds for w in windows)
     return measured / modelled if modelled > 0 and measured > 0 else 1.0
+
+
+def shares(counts: dict[int, float]) -> dict[int, float]:
+    """Counts normalised to sum 1 (empty stays empty)."""
+    total = sum(counts.values())
+    return {k: v / total for k, v in counts.items()} if total else {}
 
 
 def merged_distribution(windows: list[StatsWindow]) -> tuple[np.ndarray, np.ndarray]:

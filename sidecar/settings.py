@@ -22,7 +22,10 @@ class SidecarSettings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for the admin API, if it has one."
     )
-    request_timeout_seconds: float = Field(default=5.0, gt=0, description="Timeout of one admin API call.")
+    request_timeout_seconds: float = Field(default=5.0, gt=0, description="Timeout of one admin API read.")
+    apply_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Timeout of PUT /admin/profile, which returns after the capture."
+    )
 
     # the sidecar's own HTTP server
     host: str = Field(
@@ -52,7 +55,12 @@ class SidecarSettings(BaseSettings):
         description="The largest bucket covers this quantile of num_tokens (1: the max).",
     )
     coverage_headroom: float = Field(
-        default=0.1, ge=0, description="The largest bucket sits this share above the coverage target."
+        default=0.25, ge=0, description="The largest bucket sits this share above the coverage target."
+    )
+    padding_weight: float = Field(
+        default=0.5,
+        ge=0,
+        description="A padded token costs this share of the average forward time per token (0: only measured time).",
     )
     max_padding_ratio: float = Field(
         default=0.5,
@@ -89,6 +97,12 @@ class SidecarSettings(BaseSettings):
     eval_min_forwards: int = Field(default=50, ge=1, description="Forwards needed before judging an apply.")
     regression_tolerance: float = Field(
         default=0.10, ge=0, description="Roll back when forward time per window is worse than this share."
+    )
+    max_traffic_shift: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="An apply is judged only if traffic before and after differs less than this (total variation).",
     )
     hold_seconds: float = Field(
         default=1800.0, ge=0, description="How long a rolled-back bucket set is not proposed."

@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from graphpilot.runtime.profile import StatsWindow, bucket_for
 
 

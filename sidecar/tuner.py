@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from graphpilot.runtime.profile import GraphProfile, StatsWindow
 
 from .actuator import ProfileStore, RuntimeAPI, RuntimeUnavailable
 from .costmodel import CostModel
 from .metrics import TunerMetrics
 from .optimizer import Problem, solve
-from .policy import Decision, Evaluation, MemoryPolicy, SafetyGate, calibration
+from .policy import Decision, Evaluation, MemoryPolicy, SafetyGate, calibration, merged_distribution, shares
 from .settings import SidecarSettings
 from .stats import Cursor, DecayedWindow
 
@@ -107,16 +108,25 @@ class Tuner:
         buckets = self.buckets
         self.model.observe_profile(buckets, self.current.get("bucket_stats", []))
         self.model.calibrate(window, buckets, self.settings.decay)
+        self.model.observe_token_cost(window, self.settings.padding_weight, self.settings.decay)
         self.window.add(window)
         self.metrics.padding_waste.set(self.window.padding_waste(buckets))
+        judged = False
         if self.evaluation is not None:
             self.evaluation.add(window)
             await self._judge(now)
-            return
-        self.recent.append(window)
+            judged = self.evaluation is None
+        else:
+            self.recent.append(window)
         self.proposal = self.propose(window, now)
-        if self.proposal is not None:
-            self.metrics.expected_gain.set(self.proposal.gain)
+        if self.proposal is None or judged:  # at most one profile change per interval
+            return
+        self.metrics.expected_gain.set(self.proposal.gain)
+        if self.evaluation is not None and self.proposal.urgent:
+            # traffic above the largest bucket cannot wait for the evaluation to finish
+            ev, self.evaluation = self.evaluation, None
+            self._record(Decision(now, "retune", "kept", "superseded: coverage", None, ev.new.to_dict()))
+        if self.evaluation is None:
             await self._act(self.proposal, now)
 
     @property
@@ -160,11 +170,15 @@ class Tuner:
         solution = solve(self._problem(sizes, weights, int(np.searchsorted(sizes, top))))
         if solution is None:
             return None
-        current = self.model.expected_seconds(sizes, weights, self.buckets, self.max_padding_ratio)
-        gain = (current - solution.cost) / current if current > 0 else 0.0
+        # the gate judges forward time alone: the padding charge shapes the set, not whether to move
+        r = self.max_padding_ratio
+        current = self.model.expected_seconds(sizes, weights, self.buckets, r, padding_charge=False)
+        proposed = self.model.expected_seconds(sizes, weights, solution.buckets, r, padding_charge=False)
+        gain = (current - proposed) / current if current > 0 else 0.0
         # seconds of forwards saved per second of wall time, against the capture time of new buckets
         saved_per_second = gain * window.forward_seconds / self.settings.interval_seconds
-        capture = self.model.capture_seconds(set(solution.buckets) - set(self.buckets))
+        new_buckets = np.array(sorted(set(solution.buckets) - set(self.buckets)), dtype=np.int64)
+        capture = float(self.model.capture_seconds(new_buckets).sum())
         return Proposal(
             buckets=solution.buckets,
             mem_fraction_static=self.memory.propose(self.mem_fraction, window, now),
@@ -184,7 +198,7 @@ class Tuner:
             pool_bytes=self.model.pool_bytes_for(sizes),
             bucket_bytes=self.model.bucket_bytes,
             max_buckets=self.settings.max_buckets,
-            memory_budget=self.settings.memory_budget * self.memory.budget_scale,
+            memory_budget=self.memory.graph_budget(self.settings.memory_budget),
             min_top_index=min_top_index,
             max_padding_ratio=self.max_padding_ratio,
             bucket_cost=self._capture_cost(sizes),
@@ -198,7 +212,7 @@ class Tuner:
         """
         s = self.settings
         window_seconds = s.interval_seconds / (1 - s.decay) if s.decay < 1 else s.interval_seconds
-        kappa = self.model.capture_seconds({1}) * window_seconds / s.max_payback_seconds
+        kappa = self.model.capture_seconds(sizes) * window_seconds / s.max_payback_seconds
         return np.where(np.isin(sizes, self.buckets), 0.0, kappa)
 
     async def _act(self, p: Proposal, now: float) -> None:
@@ -236,15 +250,21 @@ class Tuner:
         if result == "applied":
             self.metrics.last_apply.set(now)
             if action == "retune":
-                calib = calibration(list(self.recent), self.model, old.buckets, self.max_padding_ratio)
-                self.evaluation = Evaluation(old, new, gain or 0.0, calib, decision, self.max_padding_ratio)
+                recent = list(self.recent)
+                calib = calibration(recent, self.model, old.buckets, self.max_padding_ratio)
+                sizes, weights = merged_distribution(recent)
+                before = shares(dict(zip(sizes.tolist(), weights.tolist(), strict=True)))
+                self.evaluation = Evaluation(
+                    old, new, gain or 0.0, calib, decision, self.max_padding_ratio, before
+                )
             elif action != "rollback":
                 await self._persist(new)
         elif result == "rolled_back":
             self.metrics.rollbacks.inc()
-            self.gate.hold(new.buckets, now)
             changed = new.mem_fraction_static != old.mem_fraction_static
-            self.memory.on_failure(new.mem_fraction_static if changed else None, now)
+            graph_bytes = self.model.memory_bytes(new.buckets)
+            wait = self.memory.on_failure(new.mem_fraction_static if changed else None, graph_bytes, now)
+            self.gate.hold(new.buckets, now, pause=wait)
         log.info("profile decision", extra=decision.to_dict())
         return result
 
@@ -255,12 +275,21 @@ class Tuner:
         # after ten evaluation windows too idle to judge: nothing to compare, nothing regressed either
         if not ev.ready(s.eval_intervals, s.eval_min_forwards) and len(ev.windows) < 10 * s.eval_intervals:
             return
-        gain = ev.measured_gain(self.model) if ev.ready(s.eval_intervals, 1) else 0.0
-        ev.decision.measured_gain = gain
         self.evaluation = None
         self.recent.clear()
+        if not ev.ready(s.eval_intervals, 1) or ev.traffic_shift() > s.max_traffic_shift:
+            why = (
+                "not comparable: idle"
+                if not ev.windows or not ev.ready(1, 1)
+                else "not comparable: traffic shifted"
+            )
+            self._record(Decision(now, "retune", "kept", why, None, ev.new.to_dict(), None, None))
+            await self._persist(GraphProfile(self.buckets, self.mem_fraction))
+            return
+        gain = ev.measured_gain(self.model)
+        ev.decision.measured_gain = gain
         if gain < -s.regression_tolerance:
-            self.gate.hold(ev.new.buckets, now, pause=True)
+            self.gate.hold(ev.new.buckets, now, pause=s.hold_seconds)
             result = await self._apply("rollback", f"measured {gain:+.1%}", ev.old, None, now)
             if result == "applied":
                 self.metrics.rollbacks.inc()
