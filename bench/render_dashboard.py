@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -49,6 +50,7 @@ PANELS = [
     ("kv-cache", "KV cache usage and mem_fraction_static"),
 ]
 FAILING_BUCKET = 200
+BAR_SECONDS = 5
 
 
 class Prom:
@@ -76,12 +78,20 @@ def legend(fmt: str, metric: dict[str, str]) -> str:
     return out or ",".join(f"{k}={v}" for k, v in metric.items()) or "value"
 
 
+def draw_style(panel: dict[str, Any], name: str) -> str:
+    style = panel["fieldConfig"]["defaults"].get("custom", {}).get("drawStyle", "line")
+    for o in panel["fieldConfig"].get("overrides", []):
+        if o["matcher"]["id"] == "byRegexp" and re.fullmatch(o["matcher"]["options"], name):
+            style = next((p["value"] for p in o["properties"] if p["id"] == "custom.drawStyle"), style)
+    return str(style)
+
+
 def unit_of(panel: dict[str, Any], name: str) -> str:
     unit = panel["fieldConfig"]["defaults"].get("unit", "short")
     for o in panel["fieldConfig"].get("overrides", []):
         matcher = o["matcher"]["options"]
         if (o["matcher"]["id"] == "byName" and matcher == name) or (
-            o["matcher"]["id"] == "byRegexp" and __import__("re").fullmatch(matcher, name)
+            o["matcher"]["id"] == "byRegexp" and re.fullmatch(matcher, name)
         ):
             unit = next((p["value"] for p in o["properties"] if p["id"] == "unit"), unit)
             if any(p["id"] == "custom.axisPlacement" for p in o["properties"]):
@@ -101,24 +111,52 @@ def fetch(
     return series
 
 
-def plot_timeseries(ax: Any, panel: dict[str, Any], series: list[Any], t0: float) -> None:
+def plot_timeseries(ax: Any, panel: dict[str, Any], series: list[Any], t0: float, step: float) -> None:
+    import matplotlib.pyplot as plt
+
+    stacked: dict[float, float] = {}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    defaults = panel["fieldConfig"]["defaults"]
     right = None
     units = {}
-    for name, _, xs, ys in sorted(series, key=lambda s: _sort_key(s[0])):
-        unit = unit_of(panel, name)
-        target = ax
-        if unit.endswith("@right"):
+    for i, (name, _, xs, ys) in enumerate(sorted(series, key=lambda s: _sort_key(s[0]))):
+        unit, target, style = unit_of(panel, name), ax, "-"
+        if unit.endswith("@right"):  # a second axis, drawn dashed so it is not read on the left scale
             right = right or ax.twinx()
-            target, unit = right, unit[: -len("@right")]
+            target, unit, style = right, unit[: -len("@right")], "--"
         units[target] = unit
-        target.plot([x - t0 for x in xs], ys, label=name, linewidth=1.4)
+        color = colors[i % len(colors)]
+        if draw_style(panel, name) == "bars":  # stacked, one bar per step, as Grafana draws it
+            bottom = [stacked.get(x, 0.0) for x in xs]
+            target.bar([x - t0 for x in xs], ys, width=step * 0.9, bottom=bottom, label=name, color=color)
+            stacked.update({x: b + y for x, b, y in zip(xs, bottom, ys, strict=True)})
+        else:
+            target.plot([x - t0 for x in xs], ys, style, label=name, linewidth=1.5, color=color)
     for target, unit in units.items():
-        target.set_ylabel({"percentunit": "ratio", "ops": "per second", "reqps": "requests/s", "s": "seconds",
-                           "bytes": "bytes", "short": ""}.get(unit, unit))  # fmt: skip
-    handles = [h for a in (ax, right) if a for h in a.get_legend_handles_labels()[0]]
-    labels = [lb for a in (ax, right) if a for lb in a.get_legend_handles_labels()[1]]
-    if handles:
-        ax.legend(handles, labels, fontsize=8, ncol=min(4, len(labels)), loc="upper left", framealpha=0.85)
+        names = {"percentunit": "ratio", "ops": "per second", "reqps": "requests/s", "s": "seconds"}
+        target.set_ylabel(names.get(unit, "" if unit == "short" else unit))
+        if target is ax and "min" in defaults:
+            target.set_ylim(bottom=defaults["min"])
+        elif target is not ax:
+            target.set_ylim(bottom=0)
+    handles, labels = [], []
+    for a in (ax, right):
+        if a is not None:
+            h, lb = a.get_legend_handles_labels()
+            handles += h
+            labels += lb
+    if right is not None:
+        top = [
+            p["value"] for o in panel["fieldConfig"]["overrides"] for p in o["properties"] if p["id"] == "max"
+        ]
+        right.set_ylim(0, top[0] * 1.05 if top else None)
+    if len(handles) > 6:  # many buckets: a column legend beside the plot
+        ax.legend(handles, labels, fontsize=7, ncol=(len(labels) + 11) // 12, loc="upper left",
+                  bbox_to_anchor=(1.08 if right else 1.01, 1.0), frameon=False, title="bucket" if
+                  all(lb.isdigit() for lb in labels) else None)  # fmt: skip
+    elif handles:
+        ax.legend(handles, labels, fontsize=8, ncol=min(5, len(labels)), loc="upper center",
+                  bbox_to_anchor=(0.5, -0.25), frameon=False)  # fmt: skip
 
 
 def _sort_key(name: str) -> tuple[int, str]:
@@ -128,6 +166,7 @@ def _sort_key(name: str) -> tuple[int, str]:
 
 def plot_heatmap(ax: Any, series: list[Any], t0: float, max_bucket: list[Any]) -> None:
     import numpy as np
+    from matplotlib.colors import PowerNorm
 
     rows = sorted(((float(m["le"]) if m["le"] != "+Inf" else float("inf"), ys) for _, m, _, ys in series))
     edges = [le for le, _ in rows if le != float("inf")]
@@ -140,7 +179,7 @@ def plot_heatmap(ax: Any, series: list[Any], t0: float, max_bucket: list[Any]) -
     step = xs[1] - xs[0] if len(xs) > 1 else 1.0
     lower = [0.5, *edges[:-1]]
     mesh = ax.pcolormesh(np.append(xs, xs[-1] + step), np.array([lower[lo], *edges[lo:hi]]), counts[lo:hi],
-                         cmap="Oranges", shading="flat")  # fmt: skip
+                         cmap="Oranges", shading="flat", norm=PowerNorm(0.5))  # fmt: skip
     ax.figure.colorbar(mesh, ax=ax, pad=0.01, label="forwards per interval")
     ax.set_yscale("log", base=2)
     ax.set_ylabel("num_tokens (histogram bucket)")
@@ -166,15 +205,20 @@ def render(
     for slug, title in PANELS:
         panel = panels[title]
         series = fetch(prom, panel, variables, start, end, step)
-        fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
+        fig, ax = plt.subplots(figsize=(8, 3.4), dpi=110)
         if panel["type"] == "heatmap":
             bucket_panel = panels["Bucket set size and max bucket"]
             mb = [s for s in fetch(prom, bucket_panel, variables, start, end, step) if s[0].startswith("max")]
             plot_heatmap(ax, series, start, [(s[1].get("pod", ""), s[1], s[2], s[3]) for s in mb])
+        elif draw_style(panel, "") == "bars":
+            # bars count events per bar: the rate interval is the bar width, not a sliding window
+            bar_vars = {**variables, "$__rate_interval": f"{BAR_SECONDS}s"}
+            series = fetch(prom, panel, bar_vars, start, end, BAR_SECONDS)
+            plot_timeseries(ax, panel, series, start, BAR_SECONDS)
         else:
-            plot_timeseries(ax, panel, series, start)
+            plot_timeseries(ax, panel, series, start, step)
         ax.set_title(title, fontsize=11, loc="left")
-        ax.set_xlabel("seconds")
+        ax.set_xlabel("seconds since start", fontsize=9)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / f"{slug}.png")
@@ -239,6 +283,7 @@ def local_stack(work: Path) -> Iterator[dict[str, Any]]:
                       "--log.level=warn"])  # fmt: skip
         wait_http(f"http://127.0.0.1:{port}/ready", rt)
         wait_http(f"http://127.0.0.1:{prom_port}/-/ready", prom)
+        time.sleep(3)  # a few scrapes of the idle runtime first, so counters start from a sample
         sidecar = [*console_script("graphpilot-sidecar"), "--admin-url", f"http://127.0.0.1:{admin}", "--host",
                    "127.0.0.1", "--port", str(sidecar_port), "--interval-seconds", "2", "--cooldown-seconds", "10",
                    "--min-gain-ratio", "0.02", "--max-buckets", "8", "--state-file", str(work / "profile.json")]  # fmt: skip
@@ -266,18 +311,18 @@ def phased_load(stack: dict[str, Any], seconds_per_phase: float) -> None:
         def worker(w: int) -> None:
             i = w
             while time.time() < until:
-                words = "the graph replay of a bucket " * (1 + (i * 7) % repeat)
+                words = "a bucket " * (1 + (i * 7) % repeat) if repeat > 1 else "a bucket"
                 client.completions.create(model="tiny", prompt=words, max_tokens=12 + i % 8, temperature=0)
                 i += 3
 
         with cf.ThreadPoolExecutor(3) as pool:
             list(pool.map(worker, range(3)))
 
-    run(1, time.time() + seconds_per_phase)  # prompts of ~6 tokens: the 2,4,8 buckets fit
+    run(1, time.time() + seconds_per_phase)  # 3-token prompts fit the 2,4,8 buckets
     stack["start_sidecar"]()
-    run(8, time.time() + seconds_per_phase)  # up to ~50 tokens: too_many_tokens until the autotuner retunes
+    run(24, time.time() + seconds_per_phase)  # up to ~70 tokens: too_many_tokens until the autotuner retunes
     httpx.put(stack["admin"] + "/admin/profile", json={"buckets": [2, 4, 8, FAILING_BUCKET]}, timeout=120)
-    run(8, time.time() + seconds_per_phase / 2)
+    run(24, time.time() + seconds_per_phase / 2)
 
 
 def main(argv: list[str] | None = None) -> int:

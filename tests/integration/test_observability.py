@@ -166,10 +166,19 @@ def stack(
     prom = Prometheus(work, {"runtime": rt.port, "autotuner": sidecar_port}, RULES).wait_ready()
     sidecar = None
     try:
+        # as in a cluster, Prometheus has scraped the idle runtime before traffic arrives
+        until(lambda: prom.query("count_over_time(graphpilot_forward_num_tokens_count[1m]) >= 2"), 60,
+              "Prometheus did not scrape the runtime", prom.logs)  # fmt: skip
         # before the autotuner starts, prompts beyond the 8-token max bucket run eagerly
-        finished = drive_load(rt, 12, max_tokens=4)
+        finished = drive_load(rt, 12, max_tokens=2)
         sidecar = Sidecar(work, rt, sidecar_port)
-        finished += drive_load(rt, 24, max_tokens=8)
+        finished += drive_load(rt, 15, max_tokens=6)
+        until(
+            lambda: prom.query('graphpilot_autotune_decisions_total{action="retune", result="applied"} > 0'),
+            90, "the autotuner applied no retune", lambda: Path(sidecar.log.name).read_text()[-4000:],
+        )  # fmt: skip
+        # traffic on the tuned bucket set
+        finished += drive_load(rt, 9, max_tokens=6)
         # a retune the runtime cannot capture (as a CUDA OOM would): it keeps serving on the old set
         answer = httpx.put(
             rt.admin_url + "/admin/profile", json={"buckets": [2, 4, 8, FAILING_BUCKET]}, timeout=120
@@ -178,10 +187,6 @@ def stack(
         until(
             lambda: prom.query(f'sum(graphpilot_requests_total{{status=~"stop|length"}}) >= {finished}'),
             60, "Prometheus did not see every finished request", prom.logs,
-        )  # fmt: skip
-        until(
-            lambda: prom.query('graphpilot_autotune_decisions_total{action="retune", result="applied"} > 0'),
-            90, "the autotuner applied no retune", lambda: Path(sidecar.log.name).read_text()[-4000:],
         )  # fmt: skip
         until(lambda: prom.query('graphpilot_graph_recaptures_total{result="rolled_back"} > 0'), 30,
               "Prometheus did not see the rolled-back recapture")  # fmt: skip
