@@ -182,12 +182,11 @@ def _layer(prev: Array, prev_opt: Array, pre: _Prefix, k: int, tree: list[_Level
         lengths = b - a + 1
         wide = lengths > 4 * int(lengths.mean()) + 8
         if wide.any():
-            # a few wide ranges (the rightmost j has no solved neighbour on its right): one by one
+            # a few wide ranges (the rightmost j has no solved neighbour on its right): ragged
             best, arg = np.empty(len(a)), np.empty(len(a), dtype=np.int64)
             narrow = ~wide
             best[narrow], arg[narrow] = _rows_min(prev, wc1, pre, lv, a, b, narrow)
-            for s in np.flatnonzero(wide):
-                best[s], arg[s] = _wide_min(prev, pre, int(lv.mids[s]), int(a[s]), int(b[s]))
+            best[wide], arg[wide] = _ragged_min(prev, wc1, pre, lv, a, b, wide)
         else:
             best, arg = _rows_min(prev, wc1, pre, lv, a, b, slice(None))
         cur[lv.mids], opt[lv.mids] = best + lv.const, arg
@@ -215,14 +214,21 @@ def _rows_min(
     return val[r, col], i[r, col]
 
 
-def _wide_min(prev: Array, pre: _Prefix, j: int, a: int, b: int) -> tuple[float, int]:
-    """The same for one wide row, with slices."""
-    val = prev[a : b + 1] - pre.g[j] * pre.wc[a + 1 : b + 2]
-    end = min(int(pre.within[j]) - 1, b + 1)  # X_j(i+1) is 0 from i = within_j - 1 on
-    if end > a:
-        val[: end - a] += pre.extra(np.arange(a + 1, end + 1), np.full(end - a, j))
-    col = int(np.argmin(val))
-    return float(val[col]), a + col
+def _ragged_min(
+    prev: Array, wc1: Array, pre: _Prefix, lv: _Level, a: Array, b: Array, rows: Array
+) -> tuple[Array, Array]:
+    """The same as _rows_min for rows of very different widths: one flat array, minima by reduceat."""
+    a, b, mids = a[rows], b[rows], lv.mids[rows]
+    lengths = b - a + 1
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    seg = np.repeat(np.arange(len(a)), lengths)
+    i = a[seg] + np.arange(len(seg)) - starts[seg]
+    j = mids[seg]
+    val = prev[i] - pre.g[j] * wc1[i] + pre.extra(i + 1, j)
+    best = np.minimum.reduceat(val, starts)
+    hit = np.flatnonzero(val == best[seg])
+    first = hit[np.concatenate(([True], seg[hit[1:]] != seg[hit[:-1]]))]  # leftmost argmin per row
+    return best, i[first]
 
 
 def _tables(p: Problem, num_layers: int) -> tuple[Array, Array]:

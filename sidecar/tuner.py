@@ -4,54 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from graphpilot.runtime.profile import GraphProfile, StatsWindow
 
 from .actuator import ProfileStore, RuntimeAPI, RuntimeUnavailable
 from .costmodel import CostModel
 from .metrics import TunerMetrics
-from .optimizer import Problem, solve
 from .policy import Decision, Evaluation, MemoryPolicy, SafetyGate, calibration, merged_distribution, shares
+from .proposer import Proposal, propose_buckets
 from .settings import SidecarSettings
 from .stats import Cursor, DecayedWindow
 
 log = logging.getLogger("graphpilot.sidecar")
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """The optimiser's answer for the current window, and how it compares with the live buckets."""
-
-    buckets: tuple[int, ...]
-    mem_fraction_static: float | None
-    gain: float  # modelled relative fall of forward time
-    urgent: bool  # the live buckets miss the coverage target: too_many_tokens rejects happen
-    coverage_target: int
-    memory_bytes: float
-    payback_seconds: float  # capture time of the new buckets / forward time saved per second
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__, buckets=list(self.buckets))
-
-
-def _with_candidates(
-    sizes: np.ndarray, weights: np.ndarray, extra: set[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Add sizes of weight 0 (not observed, but worth a bucket) in sorted order."""
-    new = np.array(sorted(extra - set(sizes.tolist())), dtype=np.int64)
-    if len(new) == 0:
-        return sizes, weights
-    at = np.searchsorted(sizes, new)
-    return np.insert(sizes, at, new), np.insert(weights, at, 0.0)
 
 
 class Tuner:
@@ -139,7 +110,12 @@ class Tuner:
 
     @property
     def mem_fraction(self) -> float | None:
-        """The fraction the runtime will use: the pending one (next start) if any, else the live one."""
+        """The fraction the runtime will use: the pending one (next start) if any, else the live one.
+
+        None unless graphs are real CUDA graphs: only then do graphs and KV cache share GPU memory.
+        """
+        if self.current.get("backend", "cuda") != "cuda":
+            return None
         pending = self.current.get("pending_restart") or {}
         value = pending.get("mem_fraction_static", self.current.get("mem_fraction_static"))
         return None if value is None else float(value)
@@ -156,64 +132,21 @@ class Tuner:
 
     def propose(self, window: StatsWindow, now: float) -> Proposal | None:
         """Best buckets for the window (optimal under the model) and the next memory fraction."""
-        sizes, weights = self.window.arrays()
-        if len(sizes) == 0 or not self.buckets:
+        if not self.buckets:
             return None
-        limit = int(self.current.get("max_num_batched_tokens") or sizes[-1])
-        target = min(self.window.quantile(self.settings.coverage_quantile), limit)
-        # the largest bucket gets headroom above the largest size seen, so a slightly longer prompt
-        # does not force a new capture: a candidate of weight 0 that the largest bucket must reach
-        top = min(limit, math.ceil(target * (1 + self.settings.coverage_headroom)))
-        # captured buckets join the candidates (weight 0) so that keeping one is always possible
-        extra = {top} | {b for b in self.buckets if b >= sizes[0]}
-        sizes, weights = _with_candidates(sizes, weights, extra)
-        solution = solve(self._problem(sizes, weights, int(np.searchsorted(sizes, top))))
-        if solution is None:
-            return None
-        # the gate judges forward time alone: the padding charge shapes the set, not whether to move
-        r = self.max_padding_ratio
-        current = self.model.expected_seconds(sizes, weights, self.buckets, r, padding_charge=False)
-        proposed = self.model.expected_seconds(sizes, weights, solution.buckets, r, padding_charge=False)
-        gain = (current - proposed) / current if current > 0 else 0.0
-        # seconds of forwards saved per second of wall time, against the capture time of new buckets
-        saved_per_second = gain * window.forward_seconds / self.settings.interval_seconds
-        new_buckets = np.array(sorted(set(solution.buckets) - set(self.buckets)), dtype=np.int64)
-        capture = float(self.model.capture_seconds(new_buckets).sum())
-        return Proposal(
-            buckets=solution.buckets,
-            mem_fraction_static=self.memory.propose(self.mem_fraction, window, now),
-            gain=gain,
-            urgent=solution.covered and self.buckets[-1] < target,
-            coverage_target=target,
-            memory_bytes=solution.memory_bytes,
-            payback_seconds=capture / saved_per_second if saved_per_second > 0 else math.inf,
-        )
-
-    def _problem(self, sizes: np.ndarray, weights: np.ndarray, min_top_index: int) -> Problem:
-        return Problem(
-            sizes=sizes,
-            weights=weights,
-            graph_seconds=self.model.graph_seconds(sizes),
-            eager_seconds=self.model.eager_seconds(sizes),
-            pool_bytes=self.model.pool_bytes_for(sizes),
-            bucket_bytes=self.model.bucket_bytes,
-            max_buckets=self.settings.max_buckets,
-            memory_budget=self.memory.graph_budget(self.settings.memory_budget),
-            min_top_index=min_top_index,
+        p = propose_buckets(
+            self.settings,
+            self.model,
+            self.window,
+            live=self.buckets,
+            limit=int(self.current.get("max_num_batched_tokens") or 0),
             max_padding_ratio=self.max_padding_ratio,
-            bucket_cost=self._capture_cost(sizes),
+            budget=self.memory.graph_budget(self.settings.memory_budget),
+            forward_seconds=window.forward_seconds,
         )
-
-    def _capture_cost(self, sizes: np.ndarray) -> np.ndarray:
-        """[m] capture time of a new bucket, in the DP's units: seconds of forwards per window.
-
-        The window holds about interval / (1 - decay) seconds of traffic; capture time spread over
-        max_payback_seconds weighs capture / payback * window seconds against the window's cost.
-        """
-        s = self.settings
-        window_seconds = s.interval_seconds / (1 - s.decay) if s.decay < 1 else s.interval_seconds
-        kappa = self.model.capture_seconds(sizes) * window_seconds / s.max_payback_seconds
-        return np.where(np.isin(sizes, self.buckets), 0.0, kappa)
+        if p is None:
+            return None
+        return dataclasses.replace(p, mem_fraction_static=self.memory.propose(self.mem_fraction, window, now))
 
     async def _act(self, p: Proposal, now: float) -> None:
         """Apply the bucket change if the gate lets it through, else a memory-fraction step if any."""
