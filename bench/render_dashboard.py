@@ -145,11 +145,9 @@ def plot_timeseries(ax: Any, panel: dict[str, Any], series: list[Any], t0: float
             h, lb = a.get_legend_handles_labels()
             handles += h
             labels += lb
-    if right is not None:
-        top = [
-            p["value"] for o in panel["fieldConfig"]["overrides"] for p in o["properties"] if p["id"] == "max"
-        ]
-        right.set_ylim(0, top[0] * 1.05 if top else None)
+    if right is not None:  # scaled to its data (Grafana's fixed max would flatten a small share)
+        peak = max((y for line in right.get_lines() for y in line.get_ydata() if y == y), default=0.0)
+        right.set_ylim(0, peak * 1.15 if peak > 0 else 1.0)
     if len(handles) > 6:  # many buckets: a column legend beside the plot
         ax.legend(handles, labels, fontsize=7, ncol=(len(labels) + 11) // 12, loc="upper left",
                   bbox_to_anchor=(1.08 if right else 1.01, 1.0), frameon=False, title="bucket" if
