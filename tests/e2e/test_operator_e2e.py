@@ -60,15 +60,9 @@ class Operator:
             "GRAPHPILOT_OPERATOR_IMAGE": "graphpilot/graphpilot:e2e",
             "GRAPHPILOT_OPERATOR_RESYNC_SECONDS": "30",
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "graphpilot.operator.cli",
-            "run",
-            "--verbose",
-            "--log-format=plain",
-            *self.args,
-        ]
+        script = Path(sys.executable).with_name("graphpilot-operator")  # the installed console script
+        entry = [str(script)] if script.exists() else [sys.executable, "-m", "graphpilot.operator.cli"]
+        cmd = [*entry, "run", "--verbose", "--log-format=plain", *self.args]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
 
@@ -236,11 +230,14 @@ def test_example_serves_on_gpu_nodes_and_reports_ready(
 def watch_status(
     cluster: Cluster, ns: str, name: str, stop: threading.Event, seen: list[tuple[Any, ...]]
 ) -> None:
-    while not stop.is_set():
+    while True:
+        done = stop.is_set()  # one last sample after the stop, so the list ends with the final state
         obj = get(cluster, ns, "gpis", name)
         if obj and obj.get("status"):
             seen.append((obj["status"].get("observedGeneration"), condition(obj, "Ready").get("status"),
                          condition(obj, "Progressing").get("status"), obj["status"].get("readyReplicas")))  # fmt: skip
+        if done:
+            return
         time.sleep(0.1)
 
 
