@@ -136,6 +136,7 @@ def _download_container(spec: ServiceSpec, image: str) -> dict[str, Any]:
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["graphpilot-operator", "fetch-model"],
         "args": ["--uri", str(spec.model.uri), "--dest", MODEL_DIR],
+        "env": [dict(e) for e in spec.env],  # e.g. HF_TOKEN from a Secret, for gated models
         "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}],
         "securityContext": NONROOT,
     }

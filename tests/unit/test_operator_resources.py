@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import yaml
+
 from graphpilot.operator import resources as res
 from graphpilot.operator.spec import ServiceSpec
 from graphpilot.runtime.profile import GraphProfile
@@ -152,10 +153,15 @@ def test_sidecar_role_covers_only_its_own_service() -> None:
 
 
 def test_uri_models_are_downloaded_by_an_init_container() -> None:
-    s = ServiceSpec.from_spec("qwen", {"model": {"uri": "hf://Qwen/Qwen3-0.6B", "downloadSize": "10Gi"}})
+    token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    s = ServiceSpec.from_spec(
+        "qwen",
+        {"model": {"uri": "hf://Qwen/Qwen3-0.6B", "downloadSize": "10Gi"}, "runtime": {"env": [token]}},
+    )
     p = pod(s)
     (init,) = p["initContainers"]
     assert init["args"] == ["--uri", "hf://Qwen/Qwen3-0.6B", "--dest", "/mnt/models"]
+    assert init["env"] == [token]  # gated models need the token while downloading
     assert {v["name"]: v for v in p["volumes"]}["model"] == {
         "name": "model",
         "emptyDir": {"sizeLimit": "10Gi"},
