@@ -46,7 +46,7 @@ class Route:
 
 @dataclass
 class ApplyResult:
-    result: str  # applied | rolled_back | rejected
+    result: str  # applied | rolled_back (capture failed) | superseded (a newer request) | rejected
     reason: str
     buckets: tuple[int, ...]
 
@@ -108,6 +108,8 @@ class GraphRunner:
         if new[-1] > self.max_tokens:
             reason = f"bucket {new[-1]} exceeds max_num_batched_tokens ({self.max_tokens})"
             return self._finish_early(ApplyResult("rejected", reason, self.buckets), on_done)
+        if self._pending is None and new == self.buckets:
+            return self._finish_early(ApplyResult("applied", "unchanged: already captured", new), on_done)
         if self._pending is not None:
             self._abandon("superseded by a newer profile")
         self._pending = _Pending(new, sorted(new, reverse=True), on_done=[on_done] if on_done else [])
@@ -157,7 +159,7 @@ class GraphRunner:
         return res
 
     def _abandon(self, reason: str) -> None:
-        self._complete(ApplyResult("rolled_back", reason, self.buckets), swap=False)
+        self._complete(ApplyResult("superseded", reason, self.buckets), swap=False)
 
     def _release_memory(self) -> None:
         gc.collect()

@@ -131,8 +131,16 @@ def test_a_newer_profile_supersedes_one_still_capturing(tiny_dir: str) -> None:
     engine.apply_profile((2, 64), on_done=results.append)
     engine.apply_profile((4, 64), on_done=results.append)
     engine.generate(prompts(2), GREEDY)
-    assert [r.result for r in results] == ["rolled_back", "applied"]
-    assert "superseded" in results[0].reason and engine.runner.buckets == (4, 64)
+    assert [r.result for r in results] == ["superseded", "applied"]
+    assert engine.runner.buckets == (4, 64) and engine.runner.recaptures["rolled_back"] == 0
+
+
+def test_applying_the_current_set_captures_nothing(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
+    results = []
+    engine.apply_profile(BUCKETS, on_done=results.append)
+    assert results[0].result == "applied" and not engine.runner.capturing
+    assert engine.runner.recaptures == {"applied": 1}  # the start-up capture only
 
 
 @pytest.mark.parametrize(
