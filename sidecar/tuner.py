@@ -205,17 +205,17 @@ class Tuner:
         ev = self.evaluation
         assert ev is not None
         s = self.settings
+        shifted = ev.traffic_shift() > s.max_traffic_shift  # not comparable: no need to wait for more
         # after ten evaluation windows too idle to judge: nothing to compare, nothing regressed either
-        if not ev.ready(s.eval_intervals, s.eval_min_forwards) and len(ev.windows) < 10 * s.eval_intervals:
+        waiting = (
+            not ev.ready(s.eval_intervals, s.eval_min_forwards) and len(ev.windows) < 10 * s.eval_intervals
+        )
+        if waiting and not shifted:
             return
         self.evaluation = None
         self.recent.clear()
-        if not ev.ready(s.eval_intervals, 1) or ev.traffic_shift() > s.max_traffic_shift:
-            why = (
-                "not comparable: idle"
-                if not ev.windows or not ev.ready(1, 1)
-                else "not comparable: traffic shifted"
-            )
+        if shifted or not ev.ready(s.eval_intervals, s.eval_min_forwards):
+            why = "not comparable: traffic shifted" if shifted else "not comparable: too few forwards"
             self._record(Decision(now, "retune", "kept", why, None, ev.new.to_dict(), None, None))
             await self._persist(GraphProfile(self.buckets, self.mem_fraction))
             return
