@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from graphpilot.operator.cli import fetch_model
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from graphpilot.operator import resources as res
 from graphpilot.operator.spec import ServiceSpec
 from graphpilot.runtime.profile import GraphProfile

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from graphpilot.operator.spec import ServiceSpec
 
 ROOT = Path(__file__).resolve().parents[2]
