@@ -248,8 +248,14 @@ def pod_template(owner: Owner, spec: ServiceSpec, image: str) -> Manifest:
         pod["affinity"] = dict(spec.affinity)
     if spec.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in spec.image_pull_secrets]
-    meta = {"labels": labels(owner.name), "annotations": {SPEC_HASH_ANNOTATION: spec_hash(spec)}}
-    return {"metadata": meta, "spec": pod}
+    annotations = {
+        SPEC_HASH_ANNOTATION: spec_hash(spec),
+        # for Prometheus setups without the Prometheus Operator: the runtime's metrics port
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(HTTP_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    return {"metadata": {"labels": labels(owner.name), "annotations": annotations}, "spec": pod}
 
 
 def deployment(owner: Owner, spec: ServiceSpec, image: str) -> Manifest:
@@ -333,8 +339,14 @@ def disruption_budget(owner: Owner, spec: ServiceSpec) -> Manifest:
 
 
 def service_monitor(owner: Owner, spec: ServiceSpec) -> Manifest:
+    # dashboards and alerts select by an `inferenceservice` target label, taken from the pod's label
+    relabel = {
+        "sourceLabels": ["__meta_kubernetes_pod_label_graphpilot_dev_inferenceservice"],
+        "targetLabel": "inferenceservice",
+    }
     endpoints = [
-        {"port": port, "path": "/metrics", "interval": spec.scrape_interval} for port in ("http", "autotuner")
+        {"port": port, "path": "/metrics", "interval": spec.scrape_interval, "relabelings": [relabel]}
+        for port in ("http", "autotuner")
     ]
     return {
         "apiVersion": "monitoring.coreos.com/v1",

@@ -201,3 +201,16 @@ def test_deployment_records_the_generation_it_was_built_from_outside_the_templat
     dep = res.deployment(OWNER, spec(), "img")
     assert dep["metadata"]["annotations"][res.GENERATION_ANNOTATION] == "3"
     assert res.GENERATION_ANNOTATION not in dep["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_metrics_carry_the_inferenceservice_label_dashboards_select_on() -> None:
+    sm = res.service_monitor(OWNER, spec(monitoring={"interval": "15s"}))
+    for endpoint in sm["spec"]["endpoints"]:
+        assert {
+            "sourceLabels": ["__meta_kubernetes_pod_label_graphpilot_dev_inferenceservice"],
+            "targetLabel": "inferenceservice",
+        } in endpoint["relabelings"]
+    pod = res.pod_template(OWNER, spec(), "img:1")
+    assert pod["metadata"]["labels"]["graphpilot.dev/inferenceservice"] == OWNER.name
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8000"
