@@ -134,6 +134,13 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 kwok_ldflags="-X sigs.k8s.io/kwok/pkg/consts.Version=v$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=v$KUBERNETES_VERSION"
 helm_ldflags="-X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+# as helm's own release build: the Kubernetes version it assumes without a cluster (helm template,
+# lint) is that of the client-go it links, not its 1.20 fallback
+helm_k8s=$(awk '$1 == "k8s.io/client-go" {print $2}' "$here/modules/helm/go.mod")
+helm_k8s_minor=$(echo "$helm_k8s" | cut -d. -f2)
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$helm_k8s_minor"
+done
 
 build 1 etcd etcd . ""
 build 2 kwok kwok sigs.k8s.io/kwok/cmd/kwok "$kwok_ldflags"
