@@ -180,15 +180,10 @@ def _layer(prev: Array, prev_opt: Array, pre: _Prefix, k: int, tree: list[_Level
         b = np.maximum(np.minimum(opt[lv.right], lv.mids - 1), k - 2)
         a = np.minimum(np.maximum(opt[lv.left], prev_opt[lv.mids]), b)
         lengths = b - a + 1
-        wide = lengths > 4 * int(lengths.mean()) + 8
-        if wide.any():
-            # a few wide ranges (the rightmost j has no solved neighbour on its right): ragged
-            best, arg = np.empty(len(a)), np.empty(len(a), dtype=np.int64)
-            narrow = ~wide
-            best[narrow], arg[narrow] = _rows_min(prev, wc1, pre, lv, a, b, narrow)
-            best[wide], arg[wide] = _ragged_min(prev, wc1, pre, lv, a, b, wide)
+        if len(a) * int(lengths.max()) <= 2 * int(lengths.sum()) + 64:
+            best, arg = _rows_min(prev, wc1, pre, lv, a, b, slice(None))  # even widths: a rectangle
         else:
-            best, arg = _rows_min(prev, wc1, pre, lv, a, b, slice(None))
+            best, arg = _ragged_min(prev, wc1, pre, lv, a, b, slice(None))  # uneven: no padding work
         cur[lv.mids], opt[lv.mids] = best + lv.const, arg
     cur[: k - 1] = np.inf
     return cur, opt[:m]
@@ -215,19 +210,24 @@ def _rows_min(
 
 
 def _ragged_min(
-    prev: Array, wc1: Array, pre: _Prefix, lv: _Level, a: Array, b: Array, rows: Array
+    prev: Array, wc1: Array, pre: _Prefix, lv: _Level, a: Array, b: Array, rows: Array | slice
 ) -> tuple[Array, Array]:
     """The same as _rows_min for rows of very different widths: one flat array, minima by reduceat."""
     a, b, mids = a[rows], b[rows], lv.mids[rows]
     lengths = b - a + 1
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    seg = np.repeat(np.arange(len(a)), lengths)
-    i = a[seg] + np.arange(len(seg)) - starts[seg]
-    j = mids[seg]
-    val = prev[i] - pre.g[j] * wc1[i] + pre.extra(i + 1, j)
+    starts = np.zeros(len(a), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    i = np.arange(int(lengths.sum())) + np.repeat(a - starts, lengths)  # [n] consecutive within a row
+    val = prev[i]
+    val -= np.repeat(lv.g[rows, 0], lengths) * wc1[i]
+    need_rows = lv.has_extra[rows] & (a + 1 < pre.within[mids])  # X_j is 0 unless the block starts low
+    if need_rows.any():
+        need = np.repeat(need_rows, lengths)
+        val[need] += pre.extra(i[need] + 1, np.repeat(mids, lengths)[need])
     best = np.minimum.reduceat(val, starts)
-    hit = np.flatnonzero(val == best[seg])
-    first = hit[np.concatenate(([True], seg[hit[1:]] != seg[hit[:-1]]))]  # leftmost argmin per row
+    hit = np.flatnonzero(val == np.repeat(best, lengths))
+    row = np.searchsorted(starts, hit, side="right") - 1
+    first = hit[np.concatenate(([True], row[1:] != row[:-1]))]  # leftmost argmin per row
     return best, i[first]
 
 
