@@ -91,3 +91,8 @@ def test_exposed_admin_port_needs_a_token():
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 2
     assert "--admin-token" in run.stderr
+
+
+def test_profile_tells_the_padding_limit_the_autotuner_plans_with(tiny_runtime) -> None:
+    profile = httpx.get(f"{tiny_runtime.admin_url}/admin/profile", timeout=30).json()
+    assert profile["graph_max_padding_ratio"] == 0.5
