@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+ACTIONS = ("retune", "mem_fraction", "rollback", "restore")
+RESULTS = ("applied", "rolled_back", "superseded", "rejected", "skipped", "kept", "dry_run", "error")
+
 
 class TunerMetrics:
     """graphpilot_autotune_* (names shared with dashboards, alerts and docs)."""
@@ -16,6 +19,10 @@ class TunerMetrics:
             ["action", "result"],
             registry=self.registry,
         )
+        # every series exists at 0 from the start, so increase() counts each one's first decision
+        for action in ACTIONS:
+            for result in RESULTS:
+                self.decisions.labels(action=action, result=result)
         self.padding_waste = Gauge(
             "graphpilot_autotune_padding_waste_ratio",
             "Share of replayed tokens that are padding, over the decayed window, under the current buckets.",

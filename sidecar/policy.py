@@ -136,7 +136,7 @@ class Decision:
 
     time: float
     action: str  # retune | mem_fraction | rollback | restore
-    result: str  # applied | rolled_back | rejected | skipped | kept | dry_run | error
+    result: str  # applied | rolled_back | superseded | rejected | skipped | kept | dry_run | error
     reason: str
     old: dict[str, Any] | None = None
     new: dict[str, Any] | None = None

@@ -98,3 +98,13 @@ def test_cli_rejects_inconsistent_settings_with_a_message(capsys: Any) -> None:
     assert "name" in capsys.readouterr().err
     s = cli.parse_args(["--max-buckets", "12", "--admin-url", "http://10.0.0.1:8001", "--dry-run"])
     assert (s.max_buckets, s.admin_url, s.dry_run) == (12, "http://10.0.0.1:8001", True)
+
+
+def test_every_decision_series_exists_from_the_start() -> None:
+    from prometheus_client import generate_latest
+
+    from graphpilot.sidecar.metrics import TunerMetrics
+
+    text = generate_latest(TunerMetrics().registry).decode()
+    assert 'graphpilot_autotune_decisions_total{action="retune",result="applied"} 0.0' in text
+    assert 'graphpilot_autotune_decisions_total{action="rollback",result="applied"} 0.0' in text
