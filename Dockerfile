@@ -27,7 +27,7 @@ RUN pip install \
       "huggingface-hub==2.4.0"
 
 WORKDIR /opt/graphpilot
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY runtime ./runtime
 COPY sidecar ./sidecar
 COPY operator ./operator
