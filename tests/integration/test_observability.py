@@ -225,6 +225,10 @@ def panel_targets() -> list[tuple[str, str, str]]:
 
 def test_every_dashboard_query_parses_and_returns_data(stack: dict[str, Any]) -> None:
     prom: Prometheus = stack["prom"]
+    # "now" panels (rates over the last minutes) show live traffic, as someone watching would have
+    drive_load(stack["runtime"], 6, max_tokens=4)
+    until(lambda: prom.query("sum(rate(graphpilot_graph_replays_total[2m])) > 0"), 30,
+          "Prometheus saw no recent replays", prom.logs)  # fmt: skip
     empty = []
     for title, legend, expr in panel_targets():
         if not prom.query(substitute(expr)):  # a parse error fails inside query() with Prometheus' message
