@@ -21,7 +21,7 @@ class Proposal:
     buckets: tuple[int, ...]
     mem_fraction_static: float | None
     gain: float  # modelled relative fall of forward time
-    urgent: bool  # the live buckets miss the coverage target: too_many_tokens rejects happen
+    urgent: bool  # the live buckets miss the coverage target, or send a share of forwards eager
     coverage_target: int
     memory_bytes: float
     payback_seconds: float  # capture time of the new buckets / forward time saved per second
@@ -39,6 +39,24 @@ def _with_candidates(
         return sizes, weights
     at = np.searchsorted(sizes, new)
     return np.insert(sizes, at, new), np.insert(weights, at, 0.0)
+
+
+URGENT_EAGER_SHARE = 0.05  # share of forwards the live set sends eager that makes a retune urgent
+
+
+def eager_share(
+    sizes: np.ndarray, weights: np.ndarray, buckets: tuple[int, ...], max_padding_ratio: float
+) -> float:
+    """Share of the window's forwards that `buckets` would run eagerly (too many tokens or padding)."""
+    total = float(weights.sum())
+    if total <= 0:
+        return 0.0
+    b = np.asarray(buckets, dtype=np.float64)
+    idx = np.searchsorted(b, sizes, side="left")
+    above = idx >= len(b)
+    chosen = b[np.minimum(idx, len(b) - 1)]
+    too_padded = (chosen - sizes) / chosen > max_padding_ratio
+    return float(weights[above | too_padded].sum()) / total
 
 
 def propose_buckets(
@@ -92,11 +110,16 @@ def propose_buckets(
     saved_per_second = gain * forward_seconds / s.interval_seconds
     new = np.array(sorted(set(solution.buckets) - set(live)), dtype=np.int64)
     capture = float(model.capture_seconds(new).sum())
+    # forwards that fall back to eager, above the largest bucket or padded past the runtime's limit,
+    # make a change urgent: the gain rules then wait for no evaluation or threshold
+    eager_now = eager_share(sizes, weights, live, max_padding_ratio)
+    eager_new = eager_share(sizes, weights, solution.buckets, max_padding_ratio)
+    misfit = eager_now >= URGENT_EAGER_SHARE and eager_new <= eager_now / 2
     return Proposal(
         buckets=solution.buckets,
         mem_fraction_static=None,
         gain=gain,
-        urgent=solution.covered and live[-1] < target,
+        urgent=solution.covered and (live[-1] < target or misfit),
         coverage_target=target,
         memory_bytes=solution.memory_bytes,
         payback_seconds=capture / saved_per_second if saved_per_second > 0 else math.inf,

@@ -221,6 +221,13 @@ class Tuner:
             return
         gain = ev.measured_gain(self.model)
         ev.decision.measured_gain = gain
+        largest = max((max(w.num_tokens, default=0) for w in ev.windows), default=0)
+        if gain < -s.regression_tolerance and largest > ev.old.max_bucket:
+            # never roll back into eager fallback: the old set cannot serve what the traffic now sends
+            why = f"measured {gain:+.1%}, but the old set would run {largest}-token forwards eager"
+            self._record(Decision(now, "retune", "kept", why, None, ev.new.to_dict(), None, gain))
+            await self._persist(GraphProfile(self.buckets, self.mem_fraction))
+            return
         if gain < -s.regression_tolerance:
             self.gate.hold(ev.new.buckets, now, pause=s.hold_seconds)
             result = await self._apply("rollback", f"measured {gain:+.1%}", ev.old, None, now)

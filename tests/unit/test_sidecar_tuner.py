@@ -78,6 +78,33 @@ def test_a_regression_after_an_apply_is_rolled_back_within_one_evaluation_window
     assert pod.tuner.decisions[-1].reason in ("held_after_rollback", "paused_after_failure")
 
 
+def test_a_regression_is_not_rolled_back_into_eager_fallback() -> None:
+    pod = Pod(buckets=(1, 2, 4, 8))
+    long_prompts = {1: 100, 3000: 5}
+    pod.interval(long_prompts)  # coverage: a bucket >= 3000 is captured
+    covered = pod.sim.buckets
+    assert covered[-1] >= 3000
+    pod.sim.slowdown[covered] = 2.0  # and the new set measures slower than modelled
+    pod.interval(long_prompts)
+    assert pod.sim.buckets == covered  # rolling back would run the 3000-token forwards eager
+    kept = pod.tuner.decisions[-1]
+    assert kept.result == "kept" and "eager" in kept.reason and kept.measured_gain < -0.1
+    assert pod.metric("graphpilot_autotune_rollbacks_total") == 0
+
+
+def test_forwards_padded_into_eager_fallback_get_buckets_at_once() -> None:
+    pod = Pod(buckets=(1, 256), min_gain_ratio=0.9)  # even with a huge gain threshold
+    chat = {1: 100, 20: 60, 40: 60}  # 20 and 40 tokens pad past 50% in the 256 bucket: eager
+    pod.sim.serve(chat)
+    assert asyncio.run(pod.sim.get_stats(0)).rejects == {"padding_ratio": 120}
+    pod.now += 10
+    asyncio.run(pod.tuner.tick())
+    assert pod.tuner.decisions[-1].result == "applied"
+    cursor = pod.tuner.cursor.value
+    pod.sim.serve(chat)
+    assert asyncio.run(pod.sim.get_stats(cursor)).rejects == {}
+
+
 def test_traffic_above_the_largest_bucket_gets_covered_at_once() -> None:
     pod = Pod(buckets=(1, 2, 4, 8), min_gain_ratio=0.9)  # even with a huge gain threshold
     long_prompts = {1: 100, 3000: 5}
