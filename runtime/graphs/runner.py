@@ -39,10 +39,6 @@ class Route:
     bucket: int | None = None
     reason: str | None = None
 
-    @property
-    def padded_tokens(self) -> int:
-        return (self.bucket - self.num_tokens) if self.bucket else 0
-
 
 @dataclass
 class ApplyResult:
@@ -80,7 +76,6 @@ class GraphRunner:
         self.fail_capture_at: set[int] = set()  # fault injection for tests: buckets whose capture fails
         self.progress: Callable[[int, int, int], None] | None = None  # (done, total, bucket)
         self._pending: _Pending | None = None
-        self._pool: Any = None
         # one capture stream for every capture: cuBLAS keeps a workspace per stream
         self._stream = torch.cuda.Stream() if backend == "cuda" else None
         self.hidden_out = torch.empty(0)
@@ -147,7 +142,7 @@ class GraphRunner:
         assert p is not None
         self._pending = None
         if swap:
-            self.buckets, self.graphs, self.bucket_stats, self._pool = p.buckets, p.captured, p.stats, p.pool
+            self.buckets, self.graphs, self.bucket_stats = p.buckets, p.captured, p.stats
             self.capture_seconds = time.perf_counter() - p.started
         else:
             p.captured.clear()  # free the half-captured set
