@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from graphpilot.sidecar.optimizer import Problem, solve
-from graphpilot.sidecar.simulator import h200_table
+from graphpilot.sidecar.simulator import h200_table, table_problem
 
 MAX_TOKENS = 8192
 
@@ -43,19 +43,7 @@ def distribution(name: str, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
 
 def problem(sizes: np.ndarray, weights: np.ndarray, k: int) -> Problem:
     """Costs from the H200 table, 4 GiB graph budget, coverage of the largest size, padding limit 0.5."""
-    costs = h200_table()
-    return Problem(
-        sizes=sizes,
-        weights=weights,
-        graph_seconds=np.array([costs.replay(n) for n in sizes]),
-        eager_seconds=np.array([costs.eager(n) for n in sizes]),
-        pool_bytes=costs.pool_bytes_per_token * sizes.astype(np.float64),
-        bucket_bytes=costs.bucket_bytes,
-        max_buckets=k,
-        memory_budget=4 * 2**30,
-        min_top_index=len(sizes) - 1,
-        max_padding_ratio=0.5,
-    )
+    return table_problem(h200_table(), sizes, weights, k, budget=4 * 2**30, max_padding_ratio=0.5)
 
 
 def main() -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from graphpilot.runtime.profile import BucketStats, GraphProfile, StatsWindow, bucket_for
+from graphpilot.sidecar.optimizer import Problem, solve
 
 
 @dataclass(frozen=True)
@@ -228,12 +229,28 @@ async def run_tuned(
     return rt, tuner
 
 
+def table_problem(
+    costs: CostTable, sizes: np.ndarray, weights: np.ndarray, k: int, budget: float, max_padding_ratio: float
+) -> Problem:
+    """The optimiser's problem with costs from a cost table, covering the largest size."""
+    return Problem(
+        sizes=sizes,
+        weights=weights,
+        graph_seconds=np.array([costs.replay(n) for n in sizes]),
+        eager_seconds=np.array([costs.eager(n) for n in sizes]),
+        pool_bytes=costs.pool_bytes_per_token * sizes.astype(np.float64),
+        bucket_bytes=costs.bucket_bytes,
+        max_buckets=k,
+        memory_budget=budget,
+        min_top_index=len(sizes) - 1,
+        max_padding_ratio=max_padding_ratio,
+    )
+
+
 def hindsight_candidates(
     trace: Trace, costs: CostTable, max_buckets: int, budget: float, max_padding_ratio: float = 0.5
 ) -> list[tuple[int, ...]]:
     """Static bucket sets worth trying in hindsight: the DP optimum of the whole trace for each K' <= K."""
-    from .optimizer import Problem, solve
-
     counts: dict[int, int] = {}
     for interval in trace:
         for n, c in interval.items():
@@ -242,18 +259,7 @@ def hindsight_candidates(
     weights = np.array([counts[int(n)] for n in sizes], dtype=np.float64)
     out = []
     for k in sorted({1, 2, 4, 8, 16, 24, max_buckets} & set(range(1, max_buckets + 1))):
-        problem = Problem(
-            sizes=sizes,
-            weights=weights,
-            graph_seconds=np.array([costs.replay(n) for n in sizes]),
-            eager_seconds=np.array([costs.eager(n) for n in sizes]),
-            pool_bytes=costs.pool_bytes_per_token * sizes.astype(np.float64),
-            bucket_bytes=costs.bucket_bytes,
-            max_buckets=k,
-            memory_budget=budget,
-            min_top_index=len(sizes) - 1,
-            max_padding_ratio=max_padding_ratio,
-        )
+        problem = table_problem(costs, sizes, weights, k, budget, max_padding_ratio)
         solution = solve(problem)
         if solution is not None:
             out.append(solution.buckets)
