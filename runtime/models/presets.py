@@ -61,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 WEIGHTS_PRESETS = ("tiny",)  # the others are written config-only, for --load-format dummy
 
-_WORDS = [
+WORDS = [  # the synthetic corpus vocabulary (tests draw prompts from it too)
     "the",
     "a",
     "an",
@@ -210,7 +210,7 @@ def synthetic_corpus(seed: int = 0, num_lines: int = 4000) -> list[str]:
             a, b = rng.randint(0, 9999), rng.randint(0, 9999)
             lines.append(f"{a} + {b} = {a + b}")
         else:
-            words = rng.choices(_WORDS, k=rng.randint(4, 16))
+            words = rng.choices(WORDS, k=rng.randint(4, 16))
             lines.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ","]))
     return lines
 

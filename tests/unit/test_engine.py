@@ -8,24 +8,8 @@ import pytest
 
 from graphpilot.runtime.engine.engine import Engine, RequestError
 from graphpilot.runtime.engine.request import SamplingError, SamplingParams
+from graphpilot.runtime.models.presets import WORDS
 from helpers import make_engine
-
-WORDS = [
-    "the",
-    "model",
-    "graph",
-    "token",
-    "batch",
-    "bucket",
-    "replay",
-    "capture",
-    "memory",
-    "cache",
-    "request",
-    "server",
-    "fast",
-    "small",
-]
 
 
 def prompts(n: int, seed: int = 0, max_words: int = 60) -> list[str]:
