@@ -5,7 +5,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test lint unit integration e2e gpu cluster-tools cluster-up cluster-down clean
+.PHONY: setup demo test lint unit integration e2e gpu system-deps cluster-tools cluster-up cluster-down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,11 +29,14 @@ unit: setup
 integration: setup
 	$(VPY) -m pytest tests/integration -q
 
+e2e: setup cluster-tools ## the operator and control-plane tests on the local Kubernetes
+	$(VPY) -m pytest tests/e2e -q
+
 test: setup system-deps cluster-tools lint ## everything CI runs: lint, unit, integration, e2e (GPU tests skip without a GPU)
 	$(VPY) -m pytest tests -q
 
-gpu: ## GPU tier, on a CUDA machine
-	$(PY) -m pytest tests/gpu -q -m gpu
+gpu: ## GPU tier, on a CUDA machine with torch and pytest (graphpilot imported from this tree, no install)
+	. hack/source-env.sh && $(PY) -m pytest tests/gpu -q -m gpu -s
 
 system-deps: ## Debian packages the tests use (Prometheus server, promtool, openssl)
 	bash hack/system-deps.sh
