@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from graphpilot.runtime.config import EngineConfig
-from graphpilot.runtime.engine.context import ForwardContext, build_attention_metadata, forward_context
+from graphpilot.runtime.engine.context import ForwardContext, forward_context
 from graphpilot.runtime.engine.engine import Engine
 from graphpilot.runtime.engine.request import SamplingParams
 from graphpilot.runtime.models.presets import init_model
@@ -33,15 +33,20 @@ def make_engine(model_dir: str, backend: str, concurrency: int, args: argparse.N
     return Engine(EngineConfig(
         model=model_dir, load_format="dummy", graph_backend=backend, max_running_requests=concurrency,
         max_num_batched_tokens=args.max_num_batched_tokens, mem_fraction_static=args.mem_fraction_static,
-        progress=False,
+        attention_backend=args.attention, progress=False,
     ))  # fmt: skip
 
 
-def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> dict[str, Any]:
+def make_prompts(vocab_size: int, num_requests: int, seed: int) -> list[list[int]]:
+    """The mgsm-like prompts: 64..512 random token ids each, the same for every backend and peer."""
     g = torch.Generator().manual_seed(seed)
-    vocab = min(engine.model_config.vocab_size, 100000)
-    prompts = [torch.randint(0, vocab, (int(torch.randint(64, 513, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(num_requests)]  # fmt: skip
+    vocab = min(vocab_size, 100000)
+    return [torch.randint(0, vocab, (int(torch.randint(64, 513, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(num_requests)]  # fmt: skip
+
+
+def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> dict[str, Any]:
+    prompts = make_prompts(engine.model_config.vocab_size, num_requests, seed)
     params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
     engine.runner.replays.clear()
     engine.runner.rejects.clear()
@@ -60,6 +65,24 @@ def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> d
         "graph_tokens": w.graph_tokens, "eager_tokens": w.eager_tokens,
         "mean_step_ms": round(1000 * w.forward_seconds / max(1, w.cursor - w.since), 3),
     }  # fmt: skip
+
+
+def decode_step_ms(engine: Engine, batch: int, prompt_len: int = 256, steps: int = 64) -> float:
+    """Median wall time of one engine step (schedule, forward, logits, sampling) decoding `batch` requests."""
+    params = SamplingParams(max_tokens=steps + 16, temperature=0.0, ignore_eos=True)
+    ids = [engine.add_request(list(range(100 + i, 100 + i + prompt_len)), params) for i in range(batch)]
+    for _ in range(8):  # prefill, then a few decode steps to warm up
+        engine.step()
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        engine.step()
+        torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - start))
+    for rid in ids:
+        engine.abort(rid)
+    return statistics.median(times)
 
 
 def _median_ms(fn: Any, iters: int = 30) -> float:
@@ -83,7 +106,7 @@ def break_cost(engine: Engine, sizes: list[int], context: int) -> list[dict[str,
     table = list(range(1, context // bs + 2))
     rows = []
     for n in sizes:
-        meta = build_attention_metadata([1] * n, [context] * n, [table] * n, bs, engine.device)
+        meta = engine.attention_metadata([1] * n, [context] * n, [table] * n)
         ctx = ForwardContext(n, meta)
         ids = torch.randint(0, 1000, (n,), device=engine.device)
         pos = torch.full((n,), context - 1, device=engine.device)
@@ -111,11 +134,20 @@ def break_cost(engine: Engine, sizes: list[int], context: int) -> list[dict[str,
 
 
 def copy_bandwidth() -> float:
-    """Device-to-device copy bandwidth (bytes read + written per second)."""
-    x = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda")
+    """Device-to-device copy bandwidth (bytes read + written per second), best of 20 after warm-up."""
+    x = torch.empty(4 * 2**30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    ms = _median_ms(lambda: y.copy_(x), iters=10)
-    return 2 * 2 * 2**30 / (ms / 1000)
+    for _ in range(10):
+        y.copy_(x)
+    times = []
+    for _ in range(20):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        y.copy_(x)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return 2 * x.numel() / (min(times) / 1000)
 
 
 def weight_bytes(engine: Engine) -> int:
@@ -125,7 +157,10 @@ def weight_bytes(engine: Engine) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="qwen3-0.6b")
-    p.add_argument("--runs", default="cuda:32,cuda:1,off:32,off:1", help="backend:concurrency, in order")
+    p.add_argument("--runs", default="cuda:32,off:32,hf:32",
+                   help="backend:concurrency, in order; hf = transformers' continuous batching")  # fmt: skip
+    p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
+    p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
     p.add_argument("--num-requests", type=int, default=200, help="at concurrency > 1")
     p.add_argument("--num-requests-c1", type=int, default=8, help="at concurrency 1 (sequential)")
     p.add_argument("--output-len", type=int, default=256)
@@ -145,10 +180,15 @@ def main() -> None:
     result["runs"] = []
     for spec in args.runs.split(","):
         backend, c = spec.split(":")[0], int(spec.split(":")[1])
+        if backend == "hf":
+            result["runs"].append(hf_peer(model_dir, c, args))
+            save(result, args.out)
+            continue
         t0 = time.perf_counter()
         engine = make_engine(model_dir, backend, c, args)
         run: dict[str, Any] = {"backend": backend, "concurrency": c, "engine_start_seconds": round(time.perf_counter() - t0, 2),
-                               "load_seconds": round(engine.load_seconds, 2)}  # fmt: skip
+                               "load_seconds": round(engine.load_seconds, 2), "attention": engine.attn_backend}  # fmt: skip
+        result["runs"].append(run)
         if backend == "cuda" and "graphs" not in result:
             result["weight_bytes"] = weight_bytes(engine)
             result["decode_floor_ms"] = round(
@@ -164,15 +204,65 @@ def main() -> None:
             sizes = [int(x) for x in args.break_sizes.split(",") if x]
             result["break_cost"] = break_cost(engine, sizes, args.context)
             save(result, args.out)
-        n = args.num_requests if c > 1 else args.num_requests_c1
-        run.update(workload(engine, n, args.output_len, seed=0))
+        run["decode_step_ms_batch1"] = round(decode_step_ms(engine, 1), 4)
+        if c >= 32:
+            run["decode_step_ms_batch32"] = round(decode_step_ms(engine, 32), 4)
         print(json.dumps(run), file=sys.stderr)
-        result["runs"].append(run)
+        save(result, args.out)
+        n = args.num_requests if c > 1 else args.num_requests_c1
+        if not args.skip_workload:
+            run.update(workload(engine, n, args.output_len, seed=0))
+        print(json.dumps(run), file=sys.stderr)
         save(result, args.out)
         del engine
         gc.collect()
         torch.cuda.empty_cache()
     print(json.dumps(result, indent=2))
+
+
+def hf_peer(model_dir: str, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Hugging Face transformers' continuous batching (`generate_batch`, CUDA graphs on), same prompts."""
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    run: dict[str, Any] = {"backend": "transformers-cb", "concurrency": concurrency,
+                           "transformers": transformers.__version__}  # fmt: skip
+    config = AutoConfig.from_pretrained(model_dir)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    torch.set_default_dtype(torch.float32)
+    prompts = make_prompts(config.vocab_size, args.num_requests, seed=0)
+    gen = GenerationConfig(max_new_tokens=args.output_len, do_sample=False, eos_token_id=None, pad_token_id=0)
+    kwargs: dict[str, Any] = {}
+    try:  # transformers >= 5: a separate continuous-batching config
+        from transformers import ContinuousBatchingConfig
+
+        kwargs["continuous_batching_config"] = ContinuousBatchingConfig(
+            max_requests_per_batch=concurrency, use_cuda_graph=True
+        )
+        run["config"] = "ContinuousBatchingConfig(max_requests_per_batch, use_cuda_graph=True)"
+    except ImportError:  # 4.5x: the same knobs on the generation config
+        gen.use_cuda_graph = True
+        gen.max_batch_tokens = args.max_num_batched_tokens
+        run["config"] = "GenerationConfig(use_cuda_graph=True, max_batch_tokens)"
+    with torch.inference_mode():
+        model.generate_batch(inputs=prompts[:concurrency], generation_config=gen, **kwargs)  # warm-up
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        outs = model.generate_batch(inputs=prompts, generation_config=gen, **kwargs)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    generated = sum(len(o.generated_tokens) for o in outs.values())
+    run.update({
+        "num_requests": len(prompts), "output_tokens": generated, "seconds": round(seconds, 3),
+        "output_tokens_per_s": round(generated / seconds, 1), "prompt_tokens": sum(len(p) for p in prompts),
+    })  # fmt: skip
+    print(json.dumps(run), file=sys.stderr)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return run
 
 
 def save(result: dict[str, Any], path: str | None) -> None:

@@ -56,7 +56,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph-backend", default="auto", choices=["auto", "cuda", "eager", "off"])
     p.add_argument("--graph-buckets", type=_buckets, help="comma-separated num_tokens buckets")
     p.add_argument("--graph-max-padding-ratio", type=float, default=0.5)
-    p.add_argument("--attention-backend", default="auto", choices=["auto", "reference", "sdpa"])
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "reference", "sdpa", "triton"])
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 

@@ -32,7 +32,7 @@ class EngineConfig:
     graph_backend: str = "auto"  # auto: cuda on GPU, eager on CPU
     graph_buckets: tuple[int, ...] | None = None  # default ladder up to max_num_batched_tokens
     graph_max_padding_ratio: float = 0.5
-    attention_backend: str = "auto"  # auto: sdpa; reference is the plain per-request path
+    attention_backend: str = "auto"  # auto: triton on CUDA, sdpa elsewhere; reference: plain per request
     progress: bool = True
     buckets: tuple[int, ...] = field(init=False)
 
@@ -40,7 +40,7 @@ class EngineConfig:
         self._check_choice("dtype", DTYPES)
         self._check_choice("load_format", LOAD_FORMATS)
         self._check_choice("graph_backend", (*GRAPH_BACKENDS, "auto"))
-        self._check_choice("attention_backend", ("auto", "reference", "sdpa"))
+        self._check_choice("attention_backend", ("auto", "reference", "sdpa", "triton"))
         if not os.path.isdir(self.model):
             raise ConfigError(f"model directory {self.model!r} does not exist")
         for name in ("max_num_batched_tokens", "max_running_requests", "block_size"):

@@ -7,6 +7,12 @@ import os
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton kernels compile only for a GPU; without one, its interpreter runs them on the CPU
+    # (tests/unit/test_kernels.py). Set before any kernel is defined. The runtime never launches
+    # them on CPU tensors.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from helpers import TINY_ARCHS, write_hf_checkpoint
 
 

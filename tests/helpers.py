@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from graphpilot.runtime.config import EngineConfig
-from graphpilot.runtime.engine.context import ForwardContext, build_attention_metadata
+from graphpilot.runtime.engine.context import ForwardContext
 from graphpilot.runtime.engine.engine import Engine
 from graphpilot.runtime.engine.request import Request, SamplingParams
 from graphpilot.runtime.models.presets import PRESETS, train_tokenizer
@@ -51,7 +51,7 @@ def forward_logits(engine: Engine, req: Request, new_tokens: list[int]) -> torch
     req.prompt_token_ids.extend(new_tokens)
     n, end = len(new_tokens), len(req.prompt_token_ids)
     engine.kv.pool.allocate(req, n)
-    meta = build_attention_metadata([n], [end], [req.block_table], engine.kv.pool.block_size, engine.device)
+    meta = engine.attention_metadata([n], [end], [req.block_table])
     ids = torch.tensor(new_tokens, device=engine.device)
     pos = torch.arange(end - n, end, device=engine.device)
     hidden, _ = engine.runner.forward(ids, pos, ForwardContext(n, meta))

@@ -1,11 +1,15 @@
-"""Per-forward metadata that live-batch ops (attention) read, so model.forward stays (ids, positions)."""
+"""Per-forward metadata that live-batch ops (attention) read, so model.forward stays (ids, positions).
+
+The host prepares one step's inputs with numpy and ships them to the device in a single copy.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -15,19 +19,35 @@ class AttentionMetadata:
     query_start: list[int]  # per request: first row of its query tokens
     query_lens: list[int]  # per request: tokens in this forward
     context_lens: list[int]  # per request: KV length after this forward
-    kv_slots: list[torch.Tensor]  # per request: [context_len] slots of its whole context
-    prefill_reqs: list[int]  # requests with more than one query token (run one by one)
-    prefill_masks: list[
-        torch.Tensor | None
-    ]  # per prefill request: [q, context] causal mask, None if no prefix
-    decode_rows: torch.Tensor  # [num_decode] rows of single-token requests (run as one batch)
-    decode_kv_slots: torch.Tensor  # [num_decode, max_kv] their context slots, 0-padded
-    decode_mask: torch.Tensor  # [num_decode, 1, 1, max_kv] True on real keys
+    # paged kernel (GPU): device tensors, filled when built with `paged_group`
+    block_tables: torch.Tensor | None = None  # [num_reqs, max_pages]
+    query_start_loc: torch.Tensor | None = None  # [num_reqs + 1]
+    seq_lens: torch.Tensor | None = None  # [num_reqs]
+    block_req: torch.Tensor | None = None  # [programs] request of each kernel program
+    block_q0: torch.Tensor | None = None  # [programs] its first query token
+    block_q: int = 1
+    page_size: int = 16
+    max_seq_len: int = 0
+    # torch path (CPU, reference): per-request tensors
+    kv_slots: list[torch.Tensor] = field(default_factory=list)  # per request: [context_len] slots
+    prefill_reqs: list[int] = field(default_factory=list)  # requests with > 1 query token
+    prefill_masks: list[torch.Tensor | None] = field(default_factory=list)  # [q, context] or None
+    decode_rows: torch.Tensor | None = None  # [num_decode] rows of single-token requests
+    decode_kv_slots: torch.Tensor | None = None  # [num_decode, max_kv] their context slots, 0-padded
+    decode_mask: torch.Tensor | None = None  # [num_decode, 1, 1, max_kv] True on real keys
 
 
 @dataclass
 class ForwardContext:
     num_tokens: int  # real tokens of the live batch (graph buckets may pad above this)
+    attn: AttentionMetadata
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor  # [num_tokens]
+    positions: torch.Tensor  # [num_tokens]
+    sample_rows: torch.Tensor  # [num_sampled] rows whose hidden state is sampled
     attn: AttentionMetadata
 
 
@@ -49,48 +69,105 @@ def forward_context(ctx: ForwardContext) -> Iterator[ForwardContext]:
         _context = prev
 
 
+def build_step_inputs(
+    token_ids: Sequence[int] | None,
+    query_lens: list[int],
+    context_lens: list[int],
+    block_tables: list[list[int]],
+    block_size: int,
+    device: torch.device,
+    paged_group: int | None = None,
+    sample_rows: Sequence[int] = (),
+) -> StepInputs:
+    """Device inputs of one forward; request i computes its last query_lens[i] of context_lens[i] positions.
+
+    `paged_group` (query heads per KV head) selects the paged kernel's metadata; None builds the
+    torch path's per-request tensors instead. Everything small travels in one host-to-device copy.
+    """  # fmt: skip
+    num_reqs = len(query_lens)
+    ql = np.asarray(query_lens, dtype=np.int64)
+    cl = np.asarray(context_lens, dtype=np.int64)
+    max_pages = max(1, max(len(b) for b in block_tables))
+    tables = np.zeros((num_reqs, max_pages), dtype=np.int64)
+    for i, bt in enumerate(block_tables):
+        tables[i, : len(bt)] = bt
+    starts = np.cumsum(ql) - ql
+    n = int(ql.sum())
+    req_of = np.repeat(np.arange(num_reqs), ql)
+    positions = (cl - ql)[req_of] + np.arange(n) - starts[req_of]
+    slots = tables[req_of, positions // block_size] * block_size + positions % block_size
+    ids = np.zeros(n, dtype=np.int64) if token_ids is None else np.asarray(token_ids, dtype=np.int64)
+    parts = [ids, positions, slots, np.asarray(sample_rows, dtype=np.int64), tables.reshape(-1)]
+    block_q = 1
+    if paged_group is not None:
+        block_q = query_block_size(int(ql.max()), paged_group)
+        block_req, block_q0 = schedule_query_blocks(query_lens, block_q)
+        query_start = np.concatenate([starts, [n]])
+        parts += [query_start, cl, np.asarray(block_req, np.int64), np.asarray(block_q0, np.int64)]
+    packed = torch.from_numpy(np.concatenate(parts)).to(device, non_blocking=True)
+    views = list(packed.split([len(p) for p in parts]))
+    meta = AttentionMetadata(
+        slot_mapping=views[2],
+        query_start=starts.tolist(),
+        query_lens=list(query_lens),
+        context_lens=list(context_lens),
+        block_tables=views[4].view(num_reqs, max_pages),
+        block_q=block_q,
+        page_size=block_size,
+        max_seq_len=int(cl.max()),
+    )
+    if paged_group is not None:
+        meta.query_start_loc, meta.seq_lens, meta.block_req, meta.block_q0 = views[5:9]
+    else:
+        _add_torch_metadata(meta, views[4].view(num_reqs, max_pages), device)
+    return StepInputs(input_ids=views[0], positions=views[1], sample_rows=views[3], attn=meta)
+
+
+def query_block_size(max_query_len: int, group: int) -> int:
+    """Query tokens per program: one for decode-only batches, a 64-row tile otherwise."""
+    return 1 if max_query_len == 1 else max(1, 64 // group)
+
+
+def schedule_query_blocks(query_lens: list[int], block_q: int) -> tuple[list[int], list[int]]:
+    """(request, first query token) of every program, in order."""
+    reqs: list[int] = []
+    firsts: list[int] = []
+    for r, n in enumerate(query_lens):
+        for q0 in range(0, n, block_q):
+            reqs.append(r)
+            firsts.append(q0)
+    return reqs, firsts
+
+
 def build_attention_metadata(
     query_lens: list[int],
     context_lens: list[int],
     block_tables: list[list[int]],
     block_size: int,
     device: torch.device,
+    paged_group: int | None = None,
 ) -> AttentionMetadata:
-    """Metadata for a batch; request i computes its last query_lens[i] of context_lens[i] positions.
+    """The attention part of `build_step_inputs` (tests, benchmarks, graph capture)."""
+    return build_step_inputs(
+        None, query_lens, context_lens, block_tables, block_size, device, paged_group
+    ).attn
 
-    Slots are derived on the device from the block tables: the host only ships [num_reqs, max_blocks].
-    """  # fmt: skip
-    num_reqs = len(query_lens)
-    max_blocks = max(len(b) for b in block_tables)
-    flat = [b for bt in block_tables for b in (*bt, *([0] * (max_blocks - len(bt))))]
-    tables = torch.tensor(flat, dtype=torch.long).view(num_reqs, max_blocks).to(device, non_blocking=True)
-    ql = torch.tensor(query_lens, dtype=torch.long)
-    cl = torch.tensor(context_lens, dtype=torch.long)
-    # per token: its request and position -> its slot
-    req_of = torch.repeat_interleave(torch.arange(num_reqs), ql)
-    starts = torch.cumsum(ql, 0) - ql
-    pos = (cl - ql)[req_of] + torch.arange(len(req_of)) - starts[req_of]
-    req_of, pos = req_of.to(device, non_blocking=True), pos.to(device, non_blocking=True)
-    slot_mapping = tables[req_of, pos // block_size] * block_size + pos % block_size
+
+def _add_torch_metadata(meta: AttentionMetadata, tables: torch.Tensor, device: torch.device) -> None:
+    bs, query_lens, context_lens = meta.page_size, meta.query_lens, meta.context_lens
     decode = [i for i, q in enumerate(query_lens) if q == 1]
     max_kv = max([context_lens[i] for i in decode], default=1)
     kpos = torch.arange(max_kv, device=device)
     decode_idx = torch.tensor(decode, dtype=torch.long).to(device, non_blocking=True)
-    decode_slots = tables[decode_idx][:, kpos // block_size] * block_size + kpos % block_size
-    decode_lens = cl[decode].to(device, non_blocking=True)
-    prefill_reqs = [i for i, q in enumerate(query_lens) if q > 1]
-    return AttentionMetadata(
-        slot_mapping=slot_mapping,
-        query_start=starts.tolist(),
-        query_lens=list(query_lens),
-        context_lens=list(context_lens),
-        kv_slots=[_context_slots(tables[i], context_lens[i], block_size) for i in range(num_reqs)],
-        prefill_reqs=prefill_reqs,
-        prefill_masks=[_prefix_causal_mask(query_lens[i], context_lens[i], device) for i in prefill_reqs],
-        decode_rows=starts[decode].to(device, non_blocking=True),
-        decode_kv_slots=decode_slots,
-        decode_mask=(kpos[None, :] < decode_lens[:, None])[:, None, None, :],
-    )
+    meta.decode_kv_slots = tables[decode_idx][:, kpos // bs] * bs + kpos % bs
+    decode_lens = torch.tensor([context_lens[i] for i in decode], dtype=torch.long, device=device)
+    meta.decode_mask = (kpos[None, :] < decode_lens[:, None])[:, None, None, :]
+    meta.decode_rows = torch.tensor([meta.query_start[i] for i in decode], dtype=torch.long, device=device)
+    meta.kv_slots = [_context_slots(tables[i], context_lens[i], bs) for i in range(len(query_lens))]
+    meta.prefill_reqs = [i for i, q in enumerate(query_lens) if q > 1]
+    meta.prefill_masks = [
+        _prefix_causal_mask(query_lens[i], context_lens[i], device) for i in meta.prefill_reqs
+    ]
 
 
 def _context_slots(table: torch.Tensor, context_len: int, block_size: int) -> torch.Tensor:

@@ -18,12 +18,19 @@ import torch
 from tokenizers import Tokenizer
 
 from graphpilot.runtime.config import ConfigError, EngineConfig
-from graphpilot.runtime.engine.context import ForwardContext, build_attention_metadata
+from graphpilot.runtime.engine.context import (
+    AttentionMetadata,
+    ForwardContext,
+    StepInputs,
+    build_step_inputs,
+)
+from graphpilot.runtime.engine.detokenizer import append_text, full_text
 from graphpilot.runtime.engine.kv_cache import KVCache, bytes_per_token
 from graphpilot.runtime.engine.request import Request, SamplingError, SamplingParams, Status
 from graphpilot.runtime.engine.scheduler import ScheduledBatch, Scheduler
 from graphpilot.runtime.engine.stats import StepLog
 from graphpilot.runtime.graphs.runner import ApplyResult, GraphRunner, Route
+from graphpilot.runtime.kernels import HAS_TRITON
 from graphpilot.runtime.layers.sampler import Sampler
 from graphpilot.runtime.models.config import ModelError, load_model_config
 from graphpilot.runtime.models.loader import load_model_weights
@@ -72,11 +79,11 @@ class Engine:
             # cuDNN's SDPA builds an execution plan per new shape (about 1.5 ms of host time per call,
             # measured): decode shapes change every step, so prefer the flash/efficient kernels.
             torch.backends.cuda.enable_cudnn_sdp(False)
-        attn_backend = config.attention_backend
-        if attn_backend == "auto":
-            attn_backend = "sdpa"
+        self.attn_backend = _resolve_attention_backend(
+            config.attention_backend, self.device, self.model_config
+        )
         with torch.device(self.device):
-            self.model = build_model(self.model_config, attn_backend).to(self.dtype).eval()
+            self.model = build_model(self.model_config, self.attn_backend).to(self.dtype).eval()
         fmt = "dummy" if config.load_format == "dummy" else "safetensors"
         self.load_seconds = load_model_weights(
             self.model, self.model_config, config.model, fmt, config.seed, config.progress
@@ -96,9 +103,14 @@ class Engine:
         backend = config.graph_backend
         if backend == "auto":
             backend = "cuda" if self.device.type == "cuda" else "eager"
-        self.runner = GraphRunner(
-            self.model, backend, config.max_num_batched_tokens, config.graph_max_padding_ratio, self.device
+        mc = self.model_config
+        self.paged_group = (
+            mc.num_attention_heads // mc.num_key_value_heads if self.attn_backend == "triton" else None
         )
+        self.runner = GraphRunner(
+            self.model, backend, config.max_num_batched_tokens, config.graph_max_padding_ratio, self.device,
+            config.block_size, self.paged_group,
+        )  # fmt: skip
         if backend != "off":
             self.capture(config.buckets)
 
@@ -222,30 +234,42 @@ class Engine:
             self.step_log.append(batch.num_tokens, route.bucket, route.reason, seconds, len(token_ids))
             return outputs
 
+    def step_inputs(
+        self,
+        token_ids: list[int] | None,
+        query_lens: list[int],
+        context_lens: list[int],
+        block_tables: list[list[int]],
+        sample_rows: Sequence[int] = (),
+    ) -> StepInputs:
+        """Device inputs of one forward in the layout this engine's attention backend reads."""
+        return build_step_inputs(
+            token_ids, query_lens, context_lens, block_tables, self.kv.pool.block_size, self.device,
+            self.paged_group, sample_rows,
+        )  # fmt: skip
+
+    def attention_metadata(
+        self, query_lens: list[int], context_lens: list[int], block_tables: list[list[int]]
+    ) -> AttentionMetadata:
+        return self.step_inputs(None, query_lens, context_lens, block_tables).attn
+
     def _forward(self, batch: ScheduledBatch) -> tuple[list[Request], list[int], Route]:
         ids: list[int] = []
-        positions: list[int] = []
         context_lens, tables, sample_rows, sample_reqs = [], [], [], []
         for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
             start, end = req.num_computed_tokens, req.num_computed_tokens + n
-            ids.extend(req.all_token_ids[start:end])
-            positions.extend(range(start, end))
+            ids.extend(req.token_ids(start, end))
             context_lens.append(end)
             tables.append(req.block_table)
             if end == req.num_tokens:  # all known tokens are in: sample the next one
                 sample_rows.append(len(ids) - 1)
                 sample_reqs.append(req)
-        dev = self.device
-        meta = build_attention_metadata(
-            batch.num_new_tokens, context_lens, tables, self.kv.pool.block_size, dev
-        )
-        ctx = ForwardContext(num_tokens=len(ids), attn=meta)
-        input_ids = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
-        pos = torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True)
-        hidden, route = self.runner.forward(input_ids, pos, ctx)
+        inputs = self.step_inputs(ids, batch.num_new_tokens, context_lens, tables, sample_rows)
+        ctx = ForwardContext(num_tokens=len(ids), attn=inputs.attn)
+        hidden, route = self.runner.forward(inputs.input_ids, inputs.positions, ctx)
         if not sample_reqs:
             return [], [], route
-        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)])
+        logits = self.model.compute_logits(hidden[inputs.sample_rows])
         tokens = self.sampler(logits, [r.params for r in sample_reqs], [r.request_id for r in sample_reqs])
         return sample_reqs, tokens.tolist(), route
 
@@ -254,16 +278,19 @@ class Engine:
         self.counters["generation_tokens"] += 1
         if len(req.output_token_ids) == 1:
             self.counters["prompt_tokens"] += req.num_prompt_tokens
-        text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=True)
+        checked = len(req.detok.text)  # text already searched for stop strings
+        text = append_text(self.tokenizer, req.output_token_ids, req.detok)
         reason = None
         if token in self.eos_token_ids and not req.params.ignore_eos:
             reason = "stop"
-        for s in req.params.stop:
-            cut = text.find(s)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
         if reason is None and len(req.output_token_ids) >= req.params.max_tokens:
             reason = "length"
+        if reason is not None:  # flush a held-back partial character; search it all once more
+            text, checked = full_text(self.tokenizer, req.output_token_ids), 0
+        for s in req.params.stop:
+            cut = text.find(s, max(0, checked - len(s) + 1))
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
         req.output_text = text
         if reason is not None:
             self.requests.pop(req.request_id, None)
@@ -324,6 +351,18 @@ def _resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for, but no CUDA GPU is available")
     return torch.device(name)
+
+
+def _resolve_attention_backend(name: str, device: torch.device, mc: Any) -> str:
+    """auto: the paged Triton kernel on CUDA (when the head layout suits it), torch ops elsewhere."""
+    pow2 = (mc.head_dim & (mc.head_dim - 1)) == 0 and (mc.num_key_value_heads * mc.head_dim) & (
+        mc.num_key_value_heads * mc.head_dim - 1
+    ) == 0
+    if name == "triton" and (device.type != "cuda" or not HAS_TRITON or not pow2):
+        raise ConfigError("attention_backend triton needs a CUDA GPU, Triton, and power-of-two head sizes")
+    if name != "auto":
+        return name
+    return "triton" if device.type == "cuda" and HAS_TRITON and pow2 else "sdpa"
 
 
 def _resolve_dtype(name: str, checkpoint: torch.dtype, device: torch.device) -> torch.dtype:

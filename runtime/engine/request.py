@@ -6,6 +6,8 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
+from graphpilot.runtime.engine.detokenizer import DetokState
+
 _ids = itertools.count()
 
 
@@ -56,6 +58,7 @@ class Request:
     block_table: list[int] = field(default_factory=list)
     num_preemptions: int = 0
     output_text: str = ""
+    detok: DetokState = field(default_factory=DetokState)
 
     @property
     def num_tokens(self) -> int:
@@ -68,6 +71,15 @@ class Request:
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    def token_ids(self, start: int, end: int) -> list[int]:
+        """Tokens [start, end) of prompt + output, without concatenating the two lists."""
+        p = len(self.prompt_token_ids)
+        if start >= p:
+            return self.output_token_ids[start - p : end - p]
+        if end <= p:
+            return self.prompt_token_ids[start:end]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
 
     @property
     def finished(self) -> bool:

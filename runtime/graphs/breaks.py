@@ -4,11 +4,15 @@ Decorate any op that depends on the live batch (attention, anything reading the 
 with `@graph_break`. Outside the graph runner the op is a plain call. Inside it, a handler decides
 what a break means: the CUDA capture ends the current graph segment there and replays the op
 eagerly between segments; the eager backend runs the op on the real rows of a padded batch.
+
+An op with an `out` keyword argument may be handed the boundary buffer to write into, which saves
+a copy per break on replay.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
@@ -25,6 +29,7 @@ _handler: BreakHandler | None = None
 
 def graph_break(fn: F) -> F:
     """Mark `fn` as a break: captured graphs end before it and resume after it."""
+    fn.__break_writes_out__ = "out" in inspect.signature(fn).parameters  # type: ignore[attr-defined]
 
     @functools.wraps(fn)
     def wrapper(*args: Any) -> Any:
@@ -46,3 +51,8 @@ def break_handler(handler: BreakHandler) -> Iterator[None]:
         yield
     finally:
         _handler = prev
+
+
+def writes_out(fn: Callable[..., Any]) -> bool:
+    """True when the break op takes an `out=` buffer to write its result into."""
+    return bool(getattr(fn, "__break_writes_out__", False))

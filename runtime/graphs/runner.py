@@ -60,9 +60,17 @@ class _Pending:
 
 class GraphRunner:
     def __init__(
-        self, model: Any, backend: str, max_tokens: int, max_padding_ratio: float, device: torch.device
+        self,
+        model: Any,
+        backend: str,
+        max_tokens: int,
+        max_padding_ratio: float,
+        device: torch.device,
+        block_size: int = 16,
+        paged_group: int | None = None,
     ):
         self.model, self.backend, self.device = model, backend, device
+        self.block_size, self.paged_group = block_size, paged_group
         self.max_tokens, self.max_padding_ratio = max_tokens, max_padding_ratio
         self.shared = SharedBuffers(max_tokens, device)
         self.buckets: tuple[int, ...] = ()
@@ -165,8 +173,13 @@ class GraphRunner:
     # ---- capture -----------------------------------------------------------------------------------
 
     def _capture_context(self, rows: int) -> ForwardContext:
-        # one request whose every position reads and writes the scratch slot: real KV is never touched
-        meta = build_attention_metadata([rows], [rows], [[NULL_BLOCK] * rows], 1, self.device)
+        # one request whose every position reads and writes the scratch block: real KV is never touched
+        pages = [NULL_BLOCK] * -(-rows // self.block_size)
+        meta = build_attention_metadata(
+            [rows], [rows], [pages], self.block_size, self.device, self.paged_group
+        )
+        self.shared.slot_mapping[:rows].zero_()  # it still holds the last live step's slots
+        meta.slot_mapping = self.shared.slot_mapping[:rows]
         return ForwardContext(num_tokens=rows, attn=meta)
 
     def _run_eager(self, rows: int) -> torch.Tensor:
@@ -191,7 +204,10 @@ class GraphRunner:
         return graph, stats
 
     def _capture_cuda(self, bucket: int, pool: Any) -> tuple[CapturedBucket, int]:
+        # graph memory = device memory the capture takes; cached eager blocks go back first so that
+        # neither reading counts them
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         free_before = torch.cuda.mem_get_info()[0]
         captured = CapturedBucket(bucket)
         handler = CaptureBreaks(self.shared, pool, captured)
@@ -215,6 +231,7 @@ class GraphRunner:
         del hidden
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         return captured, max(0, free_before - torch.cuda.mem_get_info()[0])
 
     # ---- forward -----------------------------------------------------------------------------------
@@ -245,10 +262,15 @@ class GraphRunner:
                 return self.model.forward_stack(input_ids, positions), route
             self.replays[bucket] += 1
             self.bucket_stats[bucket].replays += 1
-            self.shared.input_ids[:n].copy_(input_ids)
-            self.shared.positions[:n].copy_(positions)
-            self.shared.input_ids[n:bucket].zero_()
-            self.shared.positions[n:bucket].zero_()
+            shared = self.shared
+            shared.input_ids[:n].copy_(input_ids)
+            shared.positions[:n].copy_(positions)
+            shared.slot_mapping[:n].copy_(ctx.attn.slot_mapping[:n])
+            if bucket > n:  # padded rows: token 0 at position 0, writing the scratch block
+                shared.input_ids[n:bucket].zero_()
+                shared.positions[n:bucket].zero_()
+                shared.slot_mapping[n:bucket].zero_()
+            ctx.attn.slot_mapping = shared.slot_mapping[:bucket]
             if self.backend == "eager":
                 return self._run_eager(bucket)[:n], route
             self.graphs[bucket].replay(n)

@@ -2,7 +2,8 @@
 
 A bucket of `N` tokens runs the stack on `N` rows. At each `@graph_break` the segmented path runs the
 op eagerly on the live rows only (`n <= N`, read from the forward context) and writes its output into
-a shared boundary buffer, so padded rows never touch the KV cache and never see NaN. Under capture,
+a shared boundary buffer, so padded rows stay finite (their KV writes go to the scratch block: the
+runner pads the slot mapping with it). Under capture,
 the break also ends the current CUDA graph and opens the next one.
 
 Memory: every tensor that crosses a break is copied into a buffer shared by *all* buckets and layers
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from graphpilot.runtime.engine.context import get_forward_context
+from graphpilot.runtime.graphs.breaks import writes_out
 
 
 class SharedBuffers:
@@ -31,6 +33,7 @@ class SharedBuffers:
         self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
         self.input_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
         self.positions = torch.zeros(max_tokens, dtype=torch.long, device=device)
+        self.slot_mapping = torch.zeros(max_tokens, dtype=torch.long, device=device)  # 0: scratch slot
 
     def get(self, key: str, like: torch.Tensor) -> torch.Tensor:
         full_key = (key, tuple(like.shape[1:]), like.dtype)
@@ -57,10 +60,14 @@ class Break:
     args: list[Any]  # shared input buffers (full size) for row tensors, other args as given
     row_args: list[bool]
     out: torch.Tensor  # shared output buffer (full size)
+    into_out: bool = False  # the op writes into `out=` itself: no copy
 
     def run(self, n: int) -> None:
-        out = self.fn(*[a[:n] if r else a for a, r in zip(self.args, self.row_args, strict=True)])
-        self.out[:n].copy_(out)
+        args = [a[:n] if r else a for a, r in zip(self.args, self.row_args, strict=True)]
+        if self.into_out:
+            self.fn(*args, out=self.out[:n])
+        else:
+            self.out[:n].copy_(self.fn(*args))
 
 
 class EagerBreaks:
@@ -130,7 +137,7 @@ class CaptureBreaks:
                 bufs.append(a)
         self.end()
         probe = fn(*[b[: self.rows] if r else b for b, r in zip(bufs, rows, strict=True)])
-        brk = Break(fn, bufs, rows, self.shared.get("out", probe))
+        brk = Break(fn, bufs, rows, self.shared.get("out", probe), writes_out(fn))
         brk.out[: self.rows].copy_(probe)
         self.bucket.breaks.append(brk)
         self.begin()

@@ -8,10 +8,20 @@ from torch import nn
 
 from graphpilot.runtime.engine.context import AttentionMetadata, get_forward_context
 from graphpilot.runtime.graphs.breaks import graph_break
+from graphpilot.runtime.kernels import HAS_TRITON
+
+if HAS_TRITON:
+    from graphpilot.runtime.kernels.fused import store_kv
+    from graphpilot.runtime.kernels.paged_attention import paged_attention
 
 
 class Attention(nn.Module):
-    """Writes this layer's K/V into the cache, then attends; `reference` is the plain per-request path."""
+    """Paged attention. `store_kv` runs inside graph segments (slots depend on num_tokens only:
+    padded rows write the scratch block); `forward` is the break.
+
+    Backends: `triton` (one paged kernel per call, GPU), `sdpa` (torch ops: batched decode matmuls
+    and per-request SDPA prefill), `reference` (plain per-request math).
+    """
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, backend: str = "sdpa") -> None:
         super().__init__()
@@ -25,25 +35,43 @@ class Attention(nn.Module):
         # k_cache, v_cache: [num_slots, num_kv_heads, head_dim]
         self.k_cache, self.v_cache = k_cache, v_cache
 
+    def store_kv(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        # k, v: [n, kv_heads * head_dim]
+        slots = get_forward_context().attn.slot_mapping[: k.shape[0]]
+        if self.backend == "triton":
+            store_kv(k, v, slots, self.k_cache, self.v_cache)
+            return
+        n = k.shape[0]
+        self.k_cache.index_copy_(0, slots, k.reshape(n, self.num_kv_heads, self.head_dim))
+        self.v_cache.index_copy_(0, slots, v.reshape(n, self.num_kv_heads, self.head_dim))
+
     @graph_break
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q: [n, heads * head_dim]; k, v: [n, kv_heads * head_dim] -> [n, heads * head_dim]
+    def forward(self, q: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        # q: [n, heads * head_dim] -> [n, heads * head_dim]; this layer's K/V are already stored
         meta = get_forward_context().attn
         n = q.shape[0]
         q = q.view(n, self.num_heads, self.head_dim)
-        self.k_cache.index_copy_(0, meta.slot_mapping, k.view(n, self.num_kv_heads, self.head_dim))
-        self.v_cache.index_copy_(0, meta.slot_mapping, v.view(n, self.num_kv_heads, self.head_dim))
-        out = torch.empty_like(q)
-        if self.backend == "reference":
-            self._reference(q, meta, out)
+        if out is None:
+            out = torch.empty(n, self.num_heads * self.head_dim, dtype=q.dtype, device=q.device)
+        out3 = out.view(n, self.num_heads, self.head_dim)
+        if self.backend == "triton":
+            assert meta.block_req is not None, "the triton backend needs paged metadata"
+            paged_attention(
+                q, self.k_cache, self.v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
+                meta.block_req, meta.block_q0, meta.block_q, meta.page_size, self.scale, out=out3,
+                max_seq_len=meta.max_seq_len,
+            )  # fmt: skip
+        elif self.backend == "reference":
+            self._reference(q, meta, out3)
         else:
-            self._decode_batch(q, meta, out)
-            self._prefill_each(q, meta, out)
-        return out.view(n, self.num_heads * self.head_dim)
+            self._decode_batch(q, meta, out3)
+            self._prefill_each(q, meta, out3)
+        return out
 
     def _decode_batch(self, q: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor) -> None:
         # Grouped-query decode as plain batched matmuls: a handful of kernels per layer whatever the
         # batch, where SDPA's dispatch would pick a per-shape plan (cuDNN) or repeat K/V (math).
+        assert meta.decode_rows is not None and meta.decode_kv_slots is not None
         if meta.decode_rows.numel() == 0:
             return
         b, group = meta.decode_rows.numel(), self.num_heads // self.num_kv_heads

@@ -9,10 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graphpilot.runtime.kernels import HAS_TRITON, use_triton
 from graphpilot.runtime.layers.attention import Attention
 from graphpilot.runtime.layers.norm import RMSNorm
 from graphpilot.runtime.layers.rotary import RotaryEmbedding
 from graphpilot.runtime.models.config import ModelConfig
+
+if HAS_TRITON:
+    from graphpilot.runtime.kernels.fused import qk_norm_rope_, silu_and_mul
 
 
 def _linear(n_in: int, n_out: int, bias: bool = False) -> nn.Linear:
@@ -42,14 +46,25 @@ class SelfAttention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # x: [n, hidden]
         n = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(n, self.num_heads, self.head_dim)
-        k = k.reshape(n, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        o = self.attn(q.reshape(n, self.q_size), k.reshape(n, self.kv_size), v.contiguous())
-        return self.o_proj(o)
+        qkv = self.qkv_proj(x)
+        if use_triton(qkv) and self.attn.backend == "triton":
+            # one kernel: q/k norm and rotary in place, then one kernel stores k and v
+            q_w = self.q_norm.weight if self.q_norm is not None else None
+            k_w = self.k_norm.weight if self.k_norm is not None else None
+            eps = self.q_norm.eps if self.q_norm is not None else 0.0
+            qk_norm_rope_(qkv, positions, self.rotary.cos_sin, self.num_heads, self.num_kv_heads,
+                          self.head_dim, q_w, k_w, eps)  # fmt: skip
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        else:
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = q.reshape(n, self.num_heads, self.head_dim)
+            k = k.reshape(n, self.num_kv_heads, self.head_dim)
+            if self.q_norm is not None and self.k_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rotary(positions, q, k)
+            q, k = q.reshape(n, self.q_size), k.reshape(n, self.kv_size)
+        self.attn.store_kv(k, v)
+        return self.o_proj(self.attn(q))
 
 
 class MLP(nn.Module):
@@ -59,7 +74,10 @@ class MLP(nn.Module):
         self.down_proj = _linear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if use_triton(gate_up):
+            return self.down_proj(silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

@@ -28,11 +28,11 @@ def engine(tmp_path_factory: pytest.TempPathFactory):
 @torch.inference_mode()
 def _eager_logits(engine, req, tokens):
     """The same forward with no graphs and no padding (the `off` path), on a copy of the request."""
-    from graphpilot.runtime.engine.context import ForwardContext, build_attention_metadata, forward_context
+    from graphpilot.runtime.engine.context import ForwardContext, forward_context
 
     end = len(req.prompt_token_ids)
     n = len(tokens)
-    meta = build_attention_metadata([n], [end], [req.block_table], engine.kv.pool.block_size, engine.device)
+    meta = engine.attention_metadata([n], [end], [req.block_table])
     ids = torch.tensor(tokens, device=engine.device)
     pos = torch.arange(end - n, end, device=engine.device)
     with forward_context(ForwardContext(n, meta)):

@@ -1,0 +1,165 @@
+"""Fused elementwise chains of a decoder layer, one kernel each.
+
+Each kernel rounds where the torch reference (and transformers) rounds, so outputs match the torch
+path to within one bf16 ulp: the residual sum and the normalised activations are rounded to the
+activation dtype before the weight multiply, statistics stay in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
+    stride_x, stride_res, stride_out, stride_res_out, n_cols, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + row * stride_res + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+        tl.store(res_out_ptr + row * stride_res_out + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    y = (xf * inv).to(x.dtype).to(tl.float32) * w
+    tl.store(out_ptr + row * stride_out + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RMSNorm of `x` (of `x + residual` when given); returns (normed, new residual or None)."""
+    # x, residual: [n, hidden]
+    n, hidden = x.shape
+    out = torch.empty_like(x)
+    res_out = torch.empty_like(x) if residual is not None else None
+    if n == 0:
+        return out, res_out
+    block = triton.next_power_of_2(hidden)
+    res = residual if residual is not None else x
+    ro = res_out if res_out is not None else out
+    _rms_norm_kernel[(n,)](
+        x, res, weight, out, ro, x.stride(0), res.stride(0), out.stride(0), ro.stride(0), hidden, eps,
+        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(4, block // 256)),
+    )  # fmt: skip
+    return out, res_out
+
+
+@triton.jit
+def _qk_norm_rope_kernel(
+    qkv_ptr, pos_ptr, cos_sin_ptr, q_w_ptr, k_w_ptr,
+    stride_tok, num_q_heads, eps,
+    HEAD_DIM: tl.constexpr, QK_NORM: tl.constexpr,
+):  # fmt: skip
+    tok = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    half: tl.constexpr = HEAD_DIM // 2
+    offs = tl.arange(0, half)
+    base = qkv_ptr + tok * stride_tok + head * HEAD_DIM
+    x1 = tl.load(base + offs)
+    x2 = tl.load(base + half + offs)
+    dtype = x1.dtype
+    a = x1.to(tl.float32)
+    b = x2.to(tl.float32)
+    if QK_NORM:
+        inv = tl.rsqrt((tl.sum(a * a, axis=0) + tl.sum(b * b, axis=0)) / HEAD_DIM + eps)
+        if head < num_q_heads:
+            w1 = tl.load(q_w_ptr + offs).to(tl.float32)
+            w2 = tl.load(q_w_ptr + half + offs).to(tl.float32)
+        else:
+            w1 = tl.load(k_w_ptr + offs).to(tl.float32)
+            w2 = tl.load(k_w_ptr + half + offs).to(tl.float32)
+        a = ((a * inv).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
+        b = ((b * inv).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
+    pos = tl.load(pos_ptr + tok)
+    cos = tl.load(cos_sin_ptr + pos * HEAD_DIM + offs).to(dtype).to(tl.float32)
+    sin = tl.load(cos_sin_ptr + pos * HEAD_DIM + half + offs).to(dtype).to(tl.float32)
+    tl.store(base + offs, (a * cos - b * sin).to(dtype))
+    tl.store(base + half + offs, (b * cos + a * sin).to(dtype))
+
+
+def qk_norm_rope_(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    eps: float,
+) -> None:
+    """In place on the q and k heads of `qkv`: optional per-head RMSNorm, then rotary embedding."""
+    # qkv: [n, (q_heads + 2 * kv_heads) * head_dim]; positions: [n]; cos_sin: [max_pos, head_dim] fp32
+    n = qkv.shape[0]
+    if n == 0:
+        return
+    assert qkv.stride(1) == 1, "qkv rows must be contiguous"
+    qk_norm = q_weight is not None and k_weight is not None
+    _qk_norm_rope_kernel[(n, num_q_heads + num_kv_heads)](
+        qkv, positions, cos_sin, q_weight if qk_norm else cos_sin, k_weight if qk_norm else cos_sin,
+        qkv.stride(0), num_q_heads, eps, HEAD_DIM=head_dim, QK_NORM=qk_norm, num_warps=1,
+    )  # fmt: skip
+
+
+@triton.jit
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, width, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < width
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    up = tl.load(x_ptr + row * stride_x + width + cols, mask=mask, other=0.0)
+    g = gate.to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(gate.dtype).to(tl.float32)
+    tl.store(out_ptr + row * stride_out + cols, (act * up.to(tl.float32)).to(gate.dtype), mask=mask)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for x = [gate | up]: [n, 2 * width] -> [n, width]."""
+    n, width = x.shape[0], x.shape[1] // 2
+    out = torch.empty(n, width, dtype=x.dtype, device=x.device)
+    if n == 0:
+        return out
+    block = 1024
+    _silu_and_mul_kernel[(n, triton.cdiv(width, block))](
+        x, out, x.stride(0), out.stride(0), width, BLOCK=block, num_warps=4
+    )
+    return out
+
+
+@triton.jit
+def _store_kv_kernel(
+    k_ptr, v_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, stride_k, stride_v, stride_slot,
+    KV_WIDTH: tl.constexpr,
+):  # fmt: skip
+    tok = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + tok).to(tl.int64)
+    offs = tl.arange(0, KV_WIDTH)
+    tl.store(k_cache_ptr + slot * stride_slot + offs, tl.load(k_ptr + tok * stride_k + offs))
+    tl.store(v_cache_ptr + slot * stride_slot + offs, tl.load(v_ptr + tok * stride_v + offs))
+
+
+def store_kv(
+    k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
+) -> None:
+    """Write each token's k and v into its cache slot (one kernel for both)."""
+    # k, v: [n, kv_heads * head_dim] (rows may be strided views of qkv); slot_mapping: [n];
+    # caches: [num_slots, kv_heads, head_dim]
+    n = k.shape[0]
+    if n == 0:
+        return
+    kv_width = k_cache.shape[1] * k_cache.shape[2]
+    assert k_cache.is_contiguous() and v_cache.is_contiguous() and k.stride(1) == 1 and v.stride(1) == 1
+    assert kv_width & (kv_width - 1) == 0, "kv_heads * head_dim must be a power of two"
+    _store_kv_kernel[(n,)](
+        k, v, slot_mapping, k_cache, v_cache, k.stride(0), v.stride(0), k_cache.stride(0),
+        KV_WIDTH=kv_width, num_warps=4,
+    )  # fmt: skip

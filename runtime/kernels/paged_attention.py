@@ -1,0 +1,229 @@
+"""Varlen attention over the paged KV cache: prefill, decode and mixed batches in one launch.
+
+One program handles `BLOCK_Q` consecutive query tokens of one request for one KV head, i.e. a tile
+of `BLOCK_Q * group` query rows that share the same keys (grouped-query attention reads each key
+once per group). It walks the request's context in tiles of `BLOCK_N` keys through the block table
+with an online softmax, masking causally by absolute position, so a cached prefix (chunked prefill,
+decode) needs no separate path. The host lays out which (request, first query) each program takes,
+once per step (`engine.context.schedule_query_blocks`), so the grid has no empty programs.
+
+Decode-only batches too small to fill the GPU (a few requests x KV heads programs) split each
+request's context across programs instead (flash-decoding): each writes a partial softmax state and
+a second small kernel combines them.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 32
+
+
+@triton.jit(do_not_specialize=["stride_table"])
+def _paged_attention_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
+    block_tables_ptr, query_start_ptr, seq_lens_ptr, block_req_ptr, block_q0_ptr,
+    stride_q, stride_out, stride_table, stride_slot, scale_log2,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    req = tl.load(block_req_ptr + pid)
+    q0 = tl.load(block_q0_ptr + pid)
+    q_start = tl.load(query_start_ptr + req)
+    q_len = tl.load(query_start_ptr + req + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + req)
+    prefix = seq_len - q_len  # absolute position of the request's first query token
+
+    rows = tl.arange(0, BLOCK_M)
+    q_idx = q0 + rows // GROUP  # query token within the request
+    head = kv_head * GROUP + rows % GROUP
+    row_ok = (rows < BLOCK_Q * GROUP) & (q_idx < q_len)
+    q_pos = prefix + q_idx
+    dims = tl.arange(0, HEAD_DIM)
+    tok = (q_start + q_idx).to(tl.int64)
+    q = tl.load(q_ptr + tok[:, None] * stride_q + head[:, None] * HEAD_DIM + dims[None, :],
+                mask=row_ok[:, None], other=0.0)  # fmt: skip
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    # keys this tile can see: up to the position of its last query token
+    kv_end = tl.minimum(seq_len, prefix + q0 + BLOCK_Q)
+    table = block_tables_ptr + req.to(tl.int64) * stride_table
+    head_off = kv_head * HEAD_DIM
+    for start in range(0, kv_end, BLOCK_N):
+        k_pos = start + tl.arange(0, BLOCK_N)
+        k_ok = k_pos < kv_end
+        page = tl.load(table + k_pos // PAGE, mask=k_ok, other=0).to(tl.int64)
+        slot = page * PAGE + k_pos % PAGE
+        k = tl.load(k_cache_ptr + slot[None, :] * stride_slot + head_off + dims[:, None],
+                    mask=k_ok[None, :], other=0.0)  # fmt: skip
+        s = tl.dot(q, k) * scale_log2  # [BLOCK_M, BLOCK_N], log2 domain
+        visible = (k_pos[None, :] <= q_pos[:, None]) & k_ok[None, :]
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_cache_ptr + slot[:, None] * stride_slot + head_off + dims[None, :],
+                    mask=k_ok[:, None], other=0.0)  # fmt: skip
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(out_ptr + tok[:, None] * stride_out + head[:, None] * HEAD_DIM + dims[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["stride_table", "split_len", "num_splits"])
+def _decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, part_acc_ptr, part_ml_ptr,
+    block_tables_ptr, query_start_ptr, seq_lens_ptr,
+    stride_q, stride_table, stride_slot, split_len, num_splits, scale_log2,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    req = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    tok = tl.load(query_start_ptr + req).to(tl.int64)
+    seq_len = tl.load(seq_lens_ptr + req)
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < GROUP
+    head = kv_head * GROUP + rows
+    dims = tl.arange(0, HEAD_DIM)
+    q = tl.load(
+        q_ptr + tok * stride_q + head[:, None] * HEAD_DIM + dims[None, :], mask=row_ok[:, None], other=0.0
+    )
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    table = block_tables_ptr + req.to(tl.int64) * stride_table
+    head_off = kv_head * HEAD_DIM
+    lo = split * split_len
+    hi = tl.minimum(seq_len, lo + split_len)
+    for start in range(lo, hi, BLOCK_N):
+        k_pos = start + tl.arange(0, BLOCK_N)
+        k_ok = k_pos < hi
+        page = tl.load(table + k_pos // PAGE, mask=k_ok, other=0).to(tl.int64)
+        slot = page * PAGE + k_pos % PAGE
+        k = tl.load(k_cache_ptr + slot[None, :] * stride_slot + head_off + dims[:, None],
+                    mask=k_ok[None, :], other=0.0)  # fmt: skip
+        s = tl.where(k_ok[None, :], tl.dot(q, k) * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_cache_ptr + slot[:, None] * stride_slot + head_off + dims[None, :],
+                    mask=k_ok[:, None], other=0.0)  # fmt: skip
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    # partial state per (request, head, split); an empty split leaves m = -inf, l = 0
+    part = (req * tl.num_programs(1) * GROUP + head).to(tl.int64) * num_splits + split
+    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+    tl.store(part_ml_ptr + part * 2, m_i, mask=row_ok)
+    tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=row_ok)
+
+
+@triton.jit(do_not_specialize=["num_splits"])
+def _combine_splits_kernel(
+    part_acc_ptr, part_ml_ptr, out_ptr, query_start_ptr, stride_out, num_heads, num_splits,
+    HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
+):  # fmt: skip
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    splits = tl.arange(0, SPLITS)
+    ok = splits < num_splits
+    part = (req * num_heads + head).to(tl.int64) * num_splits + splits
+    m = tl.load(part_ml_ptr + part * 2, mask=ok, other=float("-inf"))
+    l = tl.load(part_ml_ptr + part * 2 + 1, mask=ok, other=0.0)  # noqa: E741
+    m_max = tl.max(m, axis=0)
+    w = tl.where(ok & (l > 0), tl.math.exp2(m - m_max), 0.0)
+    dims = tl.arange(0, HEAD_DIM)
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    tok = tl.load(query_start_ptr + req).to(tl.int64)
+    tl.store(out_ptr + tok * stride_out + head * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 32  # Triton's CPU interpreter (tests): a small GPU, so both decode paths run
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
+
+
+def decode_splits(num_reqs: int, kv_heads: int, max_seq_len: int, num_sms: int, block_n: int = 64) -> int:
+    """Context splits per (request, KV head) so that a small decode batch still fills the GPU."""
+    programs = num_reqs * kv_heads
+    if programs >= num_sms:
+        return 1
+    return max(1, min(-(-num_sms // programs), -(-max_seq_len // block_n), MAX_SPLITS))
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_req: torch.Tensor,
+    block_q0: torch.Tensor,
+    block_q: int,
+    page_size: int,
+    scale: float,
+    out: torch.Tensor | None = None,
+    max_seq_len: int = 0,
+) -> torch.Tensor:
+    """Attention of every query row over its request's cached context (its own K/V already stored).
+
+    q: [n, heads, head_dim]; caches: [num_slots, kv_heads, head_dim]; block_tables: [reqs, max_pages];
+    query_start: [reqs + 1]; seq_lens: [reqs] (context length after this forward);
+    block_req, block_q0: [programs] from `context.schedule_query_blocks`; max_seq_len (host-known)
+    enables the split path for small decode batches. Returns [n, heads, head_dim].
+    """
+    heads, head_dim = q.shape[1], q.shape[2]
+    kv_heads = k_cache.shape[1]
+    group = heads // kv_heads
+    if out is None:
+        out = torch.empty_like(q)
+    programs = block_req.shape[0]
+    if programs == 0:
+        return out
+    num_reqs = seq_lens.shape[0]
+    splits = decode_splits(num_reqs, kv_heads, max_seq_len, _sm_count(q.device)) if block_q == 1 else 1
+    if splits > 1:
+        split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), 64) * 64
+        splits = triton.cdiv(max_seq_len, split_len)
+        part_acc = torch.empty(num_reqs * heads * splits, head_dim, dtype=torch.float32, device=q.device)
+        part_ml = torch.empty(num_reqs * heads * splits, 2, dtype=torch.float32, device=q.device)
+        _decode_split_kernel[(num_reqs, kv_heads, splits)](
+            q, k_cache, v_cache, part_acc, part_ml, block_tables, query_start, seq_lens,
+            q.stride(0), block_tables.stride(0), k_cache.stride(0), split_len, splits, scale * LOG2E,
+            GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_M=max(16, triton.next_power_of_2(group)),
+            BLOCK_N=64, num_warps=4, num_stages=2,
+        )  # fmt: skip
+        _combine_splits_kernel[(num_reqs, heads)](
+            part_acc, part_ml, out, query_start, out.stride(0), heads, splits,
+            HEAD_DIM=head_dim, SPLITS=MAX_SPLITS, num_warps=4,
+        )  # fmt: skip
+        return out
+    block_m = max(16, triton.next_power_of_2(block_q * group))
+    block_n = 64 if block_q == 1 else 32 if head_dim > 128 else 64
+    _paged_attention_kernel[(programs, kv_heads)](
+        q, k_cache, v_cache, out, block_tables, query_start, seq_lens, block_req, block_q0,
+        q.stride(0), out.stride(0), block_tables.stride(0), k_cache.stride(0), scale * LOG2E,
+        GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,153 @@
+"""Triton kernels against the torch path they replace.
+
+On the GPU they run compiled, in bf16 (marked `gpu`); elsewhere Triton's interpreter runs the same
+kernel code on the CPU in fp16/fp32 (the interpreter has no bf16), which tests the indexing, masking
+and rounding logic without a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from graphpilot.runtime.engine.context import ForwardContext, build_attention_metadata, forward_context
+from graphpilot.runtime.kernels.fused import qk_norm_rope_, rms_norm, silu_and_mul, store_kv
+from graphpilot.runtime.kernels.paged_attention import paged_attention
+from graphpilot.runtime.layers.attention import Attention
+from graphpilot.runtime.layers.norm import RMSNorm
+from graphpilot.runtime.layers.rotary import RotaryEmbedding
+
+CASES = [
+    pytest.param("cpu", torch.float32, id="cpu-fp32"),
+    pytest.param("cpu", torch.float16, id="cpu-fp16"),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=pytest.mark.gpu),
+]
+
+
+def _ulps(dtype: torch.dtype) -> float:
+    return {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, ulps: int = 1) -> None:
+    # within `ulps` units of the dtype's rounding at the tensor's scale
+    tol = ulps * _ulps(dtype) * max(1.0, b.float().abs().max().item())
+    diff = (a.float() - b.float()).abs().max().item()
+    assert diff <= tol, f"max abs diff {diff} > {tol}"
+
+
+@pytest.mark.parametrize(("device", "dtype"), CASES)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm_matches_torch(device: str, dtype: torch.dtype, with_residual: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 96, generator=g).to(device, dtype)
+    res = torch.randn(7, 96, generator=g).to(device, dtype) if with_residual else None
+    norm = RMSNorm(96, 1e-6).to(device, dtype)
+    norm.weight.data = torch.randn(96, generator=g).to(device, dtype)
+    out, new_res = rms_norm(x, norm.weight, norm.eps, res)
+    if res is None:
+        _close(out, norm._norm(x), dtype)
+        assert new_res is None
+    else:
+        assert new_res is not None
+        torch.testing.assert_close(new_res, x + res, rtol=0, atol=0)  # the residual sum is exact
+        _close(out, norm._norm(x + res), dtype)
+
+
+@pytest.mark.parametrize(("device", "dtype"), CASES)
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_qk_norm_rope_matches_torch(device: str, dtype: torch.dtype, qk_norm: bool) -> None:
+    heads, kv_heads, d, n = 4, 2, 32, 6
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(n, (heads + 2 * kv_heads) * d, generator=g).to(device, dtype)
+    pos = torch.tensor([0, 3, 7, 100, 5, 9], device=device)
+    rot = RotaryEmbedding(d, 256, 10000.0).to(device)
+    qn, kn = RMSNorm(d, 1e-6).to(device, dtype), RMSNorm(d, 1e-6).to(device, dtype)
+    qn.weight.data = torch.randn(d, generator=g).to(device, dtype)
+    kn.weight.data = torch.randn(d, generator=g).to(device, dtype)
+    q, k, v = qkv.split([heads * d, kv_heads * d, kv_heads * d], dim=-1)
+    q, k = q.reshape(n, heads, d), k.reshape(n, kv_heads, d)
+    if qk_norm:
+        q, k = qn(q), kn(k)
+    q_ref, k_ref = rot(pos, q, k)
+    fused = qkv.clone()
+    qk_norm_rope_(fused, pos, rot.cos_sin, heads, kv_heads, d,
+                  qn.weight if qk_norm else None, kn.weight if qk_norm else None, 1e-6)  # fmt: skip
+    # the torch path rounds after each rotary term, the kernel once: a few ulps apart
+    _close(fused[:, : heads * d], q_ref.reshape(n, -1), dtype, ulps=4)
+    _close(fused[:, heads * d : (heads + kv_heads) * d], k_ref.reshape(n, -1), dtype, ulps=4)
+    assert torch.equal(fused[:, (heads + kv_heads) * d :], v)  # v untouched
+
+
+@pytest.mark.parametrize(("device", "dtype"), CASES)
+def test_silu_and_mul_matches_torch(device: str, dtype: torch.dtype) -> None:
+    x = torch.randn(5, 2 * 1500, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+    gate, up = x.chunk(2, dim=-1)
+    _close(silu_and_mul(x), F.silu(gate) * up, dtype)
+
+
+def _batch(device: str, dtype: torch.dtype, query_lens: list[int], context_lens: list[int]):
+    heads, kv_heads, d, page = 8, 2, 32, 4
+    g = torch.Generator().manual_seed(3)
+    num_pages = sum(-(-c // page) for c in context_lens) + 1
+    k_cache = torch.randn(num_pages * page, kv_heads, d, generator=g).to(device, dtype)
+    v_cache = torch.randn(num_pages * page, kv_heads, d, generator=g).to(device, dtype)
+    perm = (torch.randperm(num_pages - 1, generator=g) + 1).tolist()  # scattered pages, none is 0
+    tables = []
+    for c in context_lens:
+        tables.append(perm[: -(-c // page)])
+        perm = perm[-(-c // page) :]
+    n = sum(query_lens)
+    q = torch.randn(n, heads * d, generator=g).to(device, dtype)
+    k = torch.randn(n, kv_heads * d, generator=g).to(device, dtype)
+    v = torch.randn(n, kv_heads * d, generator=g).to(device, dtype)
+    return heads, kv_heads, d, page, k_cache, v_cache, tables, q, k, v
+
+
+@pytest.mark.parametrize(("device", "dtype"), CASES)
+@pytest.mark.parametrize(
+    ("query_lens", "context_lens"),
+    [
+        pytest.param([1, 1, 1], [7, 1, 70], id="decode-split"),
+        pytest.param([1], [700], id="decode-split-long"),
+        pytest.param([1] * 20, [5 + 13 * i for i in range(20)], id="decode-wide"),
+        pytest.param([37], [37], id="prefill"),
+        pytest.param([1, 20, 1, 5], [9, 45, 2, 5], id="mixed-with-prefixes"),
+    ],
+)
+def test_store_kv_and_paged_attention_match_reference(
+    device: str, dtype: torch.dtype, query_lens: list[int], context_lens: list[int]
+) -> None:
+    heads, kv_heads, d, page, k_cache, v_cache, tables, q, k, v = _batch(
+        device, dtype, query_lens, context_lens
+    )
+    dev, n = torch.device(device), q.shape[0]
+    paged = build_attention_metadata(
+        query_lens, context_lens, tables, page, dev, paged_group=heads // kv_heads
+    )
+    plain = build_attention_metadata(query_lens, context_lens, tables, page, dev)
+    assert torch.equal(paged.slot_mapping, plain.slot_mapping)
+
+    kc, vc = k_cache.clone(), v_cache.clone()
+    store_kv(k, v, paged.slot_mapping, kc, vc)
+    ref = Attention(heads, kv_heads, d, "reference")
+    ref.bind_cache(k_cache.clone(), v_cache.clone())
+    with forward_context(ForwardContext(n, plain)):
+        ref.store_kv(k, v)
+        expected = ref(q)
+    assert torch.equal(kc, ref.k_cache) and torch.equal(vc, ref.v_cache)
+
+    out = paged_attention(
+        q.view(n, heads, d), kc, vc, paged.block_tables, paged.query_start_loc, paged.seq_lens,
+        paged.block_req, paged.block_q0, paged.block_q, page, d**-0.5, max_seq_len=paged.max_seq_len,
+    )  # fmt: skip
+    _close(out.view(n, -1), expected, dtype, ulps=2)
+
+
+def test_small_decode_batches_split_the_context_to_fill_the_gpu() -> None:
+    from graphpilot.runtime.kernels.paged_attention import decode_splits
+
+    assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=512, num_sms=132) == 8  # 64 programs
+    assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=4096, num_sms=132) == 17  # 136 programs
+    assert decode_splits(num_reqs=32, kv_heads=8, max_seq_len=4096, num_sms=132) == 1  # already full
+    assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=40, num_sms=132) == 1  # one key tile
