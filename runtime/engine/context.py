@@ -92,20 +92,24 @@ def build_step_inputs(
     for i, bt in enumerate(block_tables):
         tables[i, : len(bt)] = bt
     starts = np.cumsum(ql) - ql
-    n = int(ql.sum())
+    num_tokens = int(ql.sum())
     req_of = np.repeat(np.arange(num_reqs), ql)
-    positions = (cl - ql)[req_of] + np.arange(n) - starts[req_of]
+    positions = (cl - ql)[req_of] + np.arange(num_tokens) - starts[req_of]
     slots = tables[req_of, positions // block_size] * block_size + positions % block_size
-    ids = np.zeros(n, dtype=np.int64) if token_ids is None else np.asarray(token_ids, dtype=np.int64)
+    ids = np.zeros(num_tokens, dtype=np.int64) if token_ids is None else np.asarray(token_ids, dtype=np.int64)
     parts = [ids, positions, slots, np.asarray(sample_rows, dtype=np.int64), tables.reshape(-1)]
     block_q = 1
     if paged_group is not None:
         block_q = query_block_size(int(ql.max()), paged_group)
         block_req, block_q0 = schedule_query_blocks(query_lens, block_q)
-        query_start = np.concatenate([starts, [n]])
+        query_start = np.concatenate([starts, [num_tokens]])
         parts += [query_start, cl, np.asarray(block_req, np.int64), np.asarray(block_q0, np.int64)]
-    packed = torch.from_numpy(np.concatenate(parts)).to(device, non_blocking=True)
-    views = list(packed.split([len(p) for p in parts]))
+    # each part starts on a 16-byte boundary: Triton specialises kernels on pointer alignment, and
+    # misaligned views would compile a new variant whenever a part's offset changes
+    sizes = [len(p) for p in parts]
+    padded = [p if len(p) % 2 == 0 else np.append(p, 0) for p in parts]
+    packed = torch.from_numpy(np.concatenate(padded)).to(device, non_blocking=True)
+    views = [v[:n] for v, n in zip(packed.split([len(p) for p in padded]), sizes, strict=True)]
     meta = AttentionMetadata(
         slot_mapping=views[2],
         query_start=starts.tolist(),

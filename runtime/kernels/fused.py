@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from graphpilot.runtime.kernels.launch import FastKernel
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -33,6 +35,9 @@ def _rms_norm_kernel(
     tl.store(out_ptr + row * stride_out + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+_rms_norm = FastKernel(_rms_norm_kernel)
+
+
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -46,7 +51,7 @@ def rms_norm(
     block = triton.next_power_of_2(hidden)
     res = residual if residual is not None else x
     ro = res_out if res_out is not None else out
-    _rms_norm_kernel[(n,)](
+    _rms_norm((n,),
         x, res, weight, out, ro, x.stride(0), res.stride(0), out.stride(0), ro.stride(0), hidden, eps,
         HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(4, block // 256)),
     )  # fmt: skip
@@ -86,6 +91,9 @@ def _qk_norm_rope_kernel(
     tl.store(base + half + offs, (b * cos + a * sin).to(dtype))
 
 
+_qk_norm_rope = FastKernel(_qk_norm_rope_kernel)
+
+
 def qk_norm_rope_(
     qkv: torch.Tensor,
     positions: torch.Tensor,
@@ -104,7 +112,7 @@ def qk_norm_rope_(
         return
     assert qkv.stride(1) == 1, "qkv rows must be contiguous"
     qk_norm = q_weight is not None and k_weight is not None
-    _qk_norm_rope_kernel[(n, num_q_heads + num_kv_heads)](
+    _qk_norm_rope((n, num_q_heads + num_kv_heads),
         qkv, positions, cos_sin, q_weight if qk_norm else cos_sin, k_weight if qk_norm else cos_sin,
         qkv.stride(0), num_q_heads, eps, HEAD_DIM=head_dim, QK_NORM=qk_norm, num_warps=1,
     )  # fmt: skip
@@ -122,6 +130,9 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, width, BLOCK: tl.
     tl.store(out_ptr + row * stride_out + cols, (act * up.to(tl.float32)).to(gate.dtype), mask=mask)
 
 
+_silu_and_mul = FastKernel(_silu_and_mul_kernel)
+
+
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for x = [gate | up]: [n, 2 * width] -> [n, width]."""
     n, width = x.shape[0], x.shape[1] // 2
@@ -129,8 +140,8 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return out
     block = 1024
-    _silu_and_mul_kernel[(n, triton.cdiv(width, block))](
-        x, out, x.stride(0), out.stride(0), width, BLOCK=block, num_warps=4
+    _silu_and_mul(
+        (n, triton.cdiv(width, block)), x, out, x.stride(0), out.stride(0), width, BLOCK=block, num_warps=4
     )
     return out
 
@@ -147,6 +158,9 @@ def _store_kv_kernel(
     tl.store(v_cache_ptr + slot * stride_slot + offs, tl.load(v_ptr + tok * stride_v + offs))
 
 
+_store_kv = FastKernel(_store_kv_kernel)
+
+
 def store_kv(
     k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
 ) -> None:
@@ -159,7 +173,7 @@ def store_kv(
     kv_width = k_cache.shape[1] * k_cache.shape[2]
     assert k_cache.is_contiguous() and v_cache.is_contiguous() and k.stride(1) == 1 and v.stride(1) == 1
     assert kv_width & (kv_width - 1) == 0, "kv_heads * head_dim must be a power of two"
-    _store_kv_kernel[(n,)](
+    _store_kv((n,),
         k, v, slot_mapping, k_cache, v_cache, k.stride(0), v.stride(0), k_cache.stride(0),
         KV_WIDTH=kv_width, num_warps=4,
     )  # fmt: skip

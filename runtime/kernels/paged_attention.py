@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from graphpilot.runtime.kernels.launch import FastKernel
+
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
 
@@ -79,6 +81,9 @@ def _paged_attention_kernel(
              out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])  # fmt: skip
 
 
+_paged_attention = FastKernel(_paged_attention_kernel)
+
+
 @triton.jit(do_not_specialize=["stride_table", "split_len", "num_splits"])
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, part_acc_ptr, part_ml_ptr,
@@ -129,6 +134,9 @@ def _decode_split_kernel(
     tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=row_ok)
 
 
+_decode_split = FastKernel(_decode_split_kernel)
+
+
 @triton.jit(do_not_specialize=["num_splits"])
 def _combine_splits_kernel(
     part_acc_ptr, part_ml_ptr, out_ptr, query_start_ptr, stride_out, num_heads, num_splits,
@@ -150,6 +158,9 @@ def _combine_splits_kernel(
     tl.store(out_ptr + tok * stride_out + head * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
 
 
+_combine_splits = FastKernel(_combine_splits_kernel)
+
+
 _SM_COUNT: dict[int, int] = {}
 
 
@@ -160,6 +171,20 @@ def _sm_count(device: torch.device) -> int:
     if index not in _SM_COUNT:
         _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SM_COUNT[index]
+
+
+_SCRATCH: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _split_scratch(rows: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial-softmax buffers for the split path, grown on demand and reused (no per-call allocation)."""
+    key = (device, head_dim)
+    acc, ml = _SCRATCH.get(key, (None, None))
+    if acc is None or ml is None or acc.shape[0] < rows:
+        acc = torch.empty(max(rows, 4096), head_dim, dtype=torch.float32, device=device)
+        ml = torch.empty(acc.shape[0], 2, dtype=torch.float32, device=device)
+        _SCRATCH[key] = (acc, ml)
+    return acc, ml
 
 
 def decode_splits(num_reqs: int, kv_heads: int, max_seq_len: int, num_sms: int, block_n: int = 64) -> int:
@@ -205,22 +230,21 @@ def paged_attention(
     if splits > 1:
         split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), 64) * 64
         splits = triton.cdiv(max_seq_len, split_len)
-        part_acc = torch.empty(num_reqs * heads * splits, head_dim, dtype=torch.float32, device=q.device)
-        part_ml = torch.empty(num_reqs * heads * splits, 2, dtype=torch.float32, device=q.device)
-        _decode_split_kernel[(num_reqs, kv_heads, splits)](
+        part_acc, part_ml = _split_scratch(num_reqs * heads * splits, head_dim, q.device)
+        _decode_split((num_reqs, kv_heads, splits),
             q, k_cache, v_cache, part_acc, part_ml, block_tables, query_start, seq_lens,
             q.stride(0), block_tables.stride(0), k_cache.stride(0), split_len, splits, scale * LOG2E,
             GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_M=max(16, triton.next_power_of_2(group)),
             BLOCK_N=64, num_warps=4, num_stages=2,
         )  # fmt: skip
-        _combine_splits_kernel[(num_reqs, heads)](
+        _combine_splits((num_reqs, heads),
             part_acc, part_ml, out, query_start, out.stride(0), heads, splits,
             HEAD_DIM=head_dim, SPLITS=MAX_SPLITS, num_warps=4,
         )  # fmt: skip
         return out
     block_m = max(16, triton.next_power_of_2(block_q * group))
     block_n = 64 if block_q == 1 else 32 if head_dim > 128 else 64
-    _paged_attention_kernel[(programs, kv_heads)](
+    _paged_attention((programs, kv_heads),
         q, k_cache, v_cache, out, block_tables, query_start, seq_lens, block_req, block_q0,
         q.stride(0), out.stride(0), block_tables.stride(0), k_cache.stride(0), scale * LOG2E,
         GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
