@@ -137,11 +137,12 @@ def test_store_kv_and_paged_attention_match_reference(
         expected = ref(q)
     assert torch.equal(kc, ref.k_cache) and torch.equal(vc, ref.v_cache)
 
-    out = paged_attention(
-        q.view(n, heads, d), kc, vc, paged.block_tables, paged.query_start_loc, paged.seq_lens,
-        paged.block_req, paged.block_q0, paged.block_q, page, d**-0.5, max_seq_len=paged.max_seq_len,
-    )  # fmt: skip
-    _close(out.view(n, -1), expected, dtype, ulps=2)
+    for _ in range(2):  # the second call takes the cached launch path on a GPU
+        out = paged_attention(
+            q.view(n, heads, d), kc, vc, paged.block_tables, paged.query_start_loc, paged.seq_lens,
+            paged.block_req, paged.block_q0, paged.block_q, page, d**-0.5, max_seq_len=paged.max_seq_len,
+        )  # fmt: skip
+        _close(out.view(n, -1), expected, dtype, ulps=2)
 
 
 def test_small_decode_batches_split_the_context_to_fill_the_gpu() -> None:
