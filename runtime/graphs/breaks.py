@@ -6,7 +6,8 @@ what a break means: the CUDA capture ends the current graph segment there and re
 eagerly between segments; the eager backend runs the op on the real rows of a padded batch.
 
 An op with an `out` keyword argument may be handed the boundary buffer to write into, which saves
-a copy per break on replay.
+a copy per break on replay. On the way in, model code can build a break's input in `break_input(...)`:
+under capture that is a shared boundary buffer already, so the segment ends without a copy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
+
+import torch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,3 +59,17 @@ def break_handler(handler: BreakHandler) -> Iterator[None]:
 def writes_out(fn: Callable[..., Any]) -> bool:
     """True when the break op takes an `out=` buffer to write its result into."""
     return bool(getattr(fn, "__break_writes_out__", False))
+
+
+def break_input(
+    name: str, rows: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """An uninitialised [rows, *shape] tensor to compute a break's input (or a tensor it is a view of) in.
+
+    While a graph is being captured this is rows of a boundary buffer shared by all buckets and layers,
+    which the break then reads in place; anywhere else it is a new tensor.
+    """
+    stage = getattr(_handler, "stage", None)
+    if stage is None:
+        return torch.empty((rows, *shape), dtype=dtype, device=device)
+    return stage(name, rows, shape, dtype)

@@ -31,17 +31,29 @@ class SharedBuffers:
     def __init__(self, max_tokens: int, device: torch.device) -> None:
         self.max_tokens, self.device = max_tokens, device
         self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._by_storage: dict[int, torch.Tensor] = {}
         self.input_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
         self.positions = torch.zeros(max_tokens, dtype=torch.long, device=device)
         self.slot_mapping = torch.zeros(max_tokens, dtype=torch.long, device=device)  # 0: scratch slot
 
     def get(self, key: str, like: torch.Tensor) -> torch.Tensor:
-        full_key = (key, tuple(like.shape[1:]), like.dtype)
+        return self.get_shaped(key, tuple(like.shape[1:]), like.dtype)
+
+    def get_shaped(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        full_key = (key, shape, dtype)
         buf = self._buffers.get(full_key)
         if buf is None:
-            buf = torch.zeros(self.max_tokens, *like.shape[1:], dtype=like.dtype, device=self.device)
+            buf = torch.zeros(self.max_tokens, *shape, dtype=dtype, device=self.device)
             self._buffers[full_key] = buf
+            self._by_storage[buf.untyped_storage().data_ptr()] = buf
         return buf
+
+    def full_view(self, a: torch.Tensor) -> torch.Tensor | None:
+        """The same view as `a` over all max_tokens rows, if `a` is rows 0.. of a shared buffer."""
+        base = self._by_storage.get(a.untyped_storage().data_ptr())
+        if base is None or a.dim() == 0 or a.storage_offset() >= max(1, a.stride(0)):
+            return None
+        return base.as_strided((self.max_tokens, *a.shape[1:]), a.stride(), a.storage_offset())
 
     @property
     def nbytes(self) -> int:
@@ -118,6 +130,10 @@ class CaptureBreaks:
         self.bucket.segments.append(self.graph)
         self.graph = None
 
+    def stage(self, name: str, rows: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """`break_input` under capture: rows of a shared buffer, which breaks then read in place."""
+        return self.shared.get_shaped(f"stage:{name}", shape, dtype)[:rows]
+
     def abort(self) -> None:
         """End a capture that failed half-way so the stream leaves capture mode."""
         if self.graph is not None:
@@ -130,8 +146,10 @@ class CaptureBreaks:
         bufs = []
         for i, (a, r) in enumerate(zip(args, rows, strict=True)):
             if r:
-                buf = self.shared.get(f"in{i}", a)
-                buf[: self.rows].copy_(a)  # captured: the segment ends by writing its boundary
+                buf = self.shared.full_view(a)  # built in a shared buffer already (`break_input`)
+                if buf is None:
+                    buf = self.shared.get(f"in{i}", a)
+                    buf[: self.rows].copy_(a)  # captured: the segment ends by writing its boundary
                 bufs.append(buf)
             else:
                 bufs.append(a)

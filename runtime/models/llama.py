@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graphpilot.runtime.graphs.breaks import break_input
 from graphpilot.runtime.kernels import HAS_TRITON, use_triton
 from graphpilot.runtime.layers.attention import Attention
 from graphpilot.runtime.layers.norm import RMSNorm
@@ -46,7 +47,12 @@ class SelfAttention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # x: [n, hidden]
         n = x.shape[0]
-        qkv = self.qkv_proj(x)
+        # q is the break's input: computing qkv in a break input buffer spares a copy per layer
+        qkv = break_input("qkv", n, (self.q_size + 2 * self.kv_size,), x.dtype, x.device)
+        if self.qkv_proj.bias is None:
+            torch.mm(x, self.qkv_proj.weight.t(), out=qkv)
+        else:
+            torch.addmm(self.qkv_proj.bias, x, self.qkv_proj.weight.t(), out=qkv)
         if use_triton(qkv) and self.attn.backend == "triton":
             # one kernel: q/k norm and rotary in place, then one kernel stores k and v
             q_w = self.q_norm.weight if self.q_norm is not None else None

@@ -162,3 +162,30 @@ def test_per_bucket_stats_are_measured(tiny_dir: str) -> None:
     assert sorted(stats) == list(BUCKETS)
     assert all(s.replay_seconds > 0 and s.capture_seconds > 0 for s in stats.values())
     assert sum(s.replays for s in stats.values()) == sum(engine.runner.replays.values())
+
+
+def test_break_inputs_built_in_shared_buffers_are_read_in_place() -> None:
+    """Under capture, `break_input` hands out rows of a shared buffer; a break over a view of it needs
+    no copy at the segment's end, and its replay reads the same memory for any live row count."""
+    from graphpilot.runtime.graphs.breaks import break_input
+    from graphpilot.runtime.graphs.segments import SharedBuffers
+
+    shared = SharedBuffers(max_tokens=8, device=torch.device("cpu"))
+
+    class Staging:  # the capture handler's staging, without a GPU
+        def __call__(self, fn, args):
+            return fn(*args)
+
+        def stage(self, name, rows, shape, dtype):
+            return shared.get_shaped(f"stage:{name}", shape, dtype)[:rows]
+
+    with break_handler(Staging()):
+        qkv = break_input("qkv", 3, (6,), torch.float32, torch.device("cpu"))
+    assert break_input("qkv", 3, (6,), torch.float32, torch.device("cpu")).data_ptr() != qkv.data_ptr()
+    q = qkv[:, :4]
+    full = shared.full_view(q)
+    assert full is not None and full.shape == (8, 4)
+    qkv.copy_(torch.arange(18.0).view(3, 6))
+    assert torch.equal(full[:3], q)  # the replay-time view of the first rows is this capture's q
+    assert shared.full_view(qkv[1:]) is None  # not rows 0..: must be copied
+    assert shared.full_view(torch.zeros(3, 4)) is None  # not a shared buffer: must be copied
