@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graphpilot.runtime.profile import bucket_for
-from graphpilot.sidecar.optimizer import Problem, solve
+from graphpilot.sidecar import optimizer
+from graphpilot.sidecar.optimizer import Problem, Solution, padding_within, solve
 
 
 @st.composite
@@ -134,3 +135,119 @@ def test_coverage_gives_way_only_when_the_budget_cannot_hold_the_largest_size() 
     solution = solve(p)
     assert solution is not None and not solution.covered
     assert solution.buckets[-1] == 64  # the largest bucket the budget allows; 4096 runs eager
+
+
+# --- the fast DP against a plain O(K m^2) one -------------------------------------------------------
+
+
+def reference_tables(p: Problem, num_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """F[k-1, j] and the leftmost argmin, straight from the recurrence: every block cost summed from h."""
+    m = len(p.sizes)
+    g = np.asarray(p.graph_seconds, dtype=float)
+    e = np.maximum.accumulate(p.eager_seconds)
+    kappa = np.zeros(m) if p.bucket_cost is None else np.asarray(p.bucket_cost, dtype=float)
+    block = np.full((m + 1, m), np.inf)  # block[i + 1, j]: sizes i+1..j served by a bucket at sizes[j]
+    for j in range(m):
+        x = p.sizes[: j + 1]
+        within = padding_within(x, p.sizes[j], p.max_padding_ratio)
+        h = np.where(within, g[j], np.maximum(e[: j + 1], g[j]))
+        block[: j + 1, j] = np.cumsum((p.weights[: j + 1] * h)[::-1])[::-1] + kappa[j]
+    f = np.full((num_layers, m), np.inf)
+    opt = np.full((num_layers, m), -1)
+    f[0] = block[0]
+    for k in range(2, num_layers + 1):
+        for j in range(k - 1, m):
+            cost = f[k - 2, :j] + block[1 : j + 1, j]
+            opt[k - 1, j] = int(np.argmin(cost))  # the leftmost on ties
+            f[k - 1, j] = cost[opt[k - 1, j]]
+    return f, opt
+
+
+@st.composite
+def dp_instances(draw: st.DrawFn) -> Problem:
+    """Up to 40 sizes with integer costs (exact sums: ties are real ties), weight-0 candidates, one-off
+    bucket costs, any padding limit, a budget: every case the layer solvers treat specially."""
+    m = draw(st.integers(1, 40))
+    sizes = np.cumsum(draw(st.lists(st.integers(1, 30), min_size=m, max_size=m)))
+    steps = st.lists(st.integers(0, 5), min_size=m, max_size=m)
+    g = np.cumsum(draw(steps)) + float(draw(st.integers(1, 4)))
+    e = np.cumsum(draw(steps)) + float(draw(st.integers(0, 30)))  # dearer or cheaper than g
+    weights = np.array(draw(st.lists(st.integers(0, 9), min_size=m, max_size=m)), dtype=float)
+    kappa = draw(st.one_of(st.none(), st.lists(st.integers(0, 6), min_size=m, max_size=m).map(np.array)))
+    return Problem(
+        sizes=sizes,
+        weights=weights,
+        graph_seconds=g,
+        eager_seconds=e,
+        pool_bytes=np.cumsum(draw(steps)).astype(float),
+        bucket_bytes=float(draw(st.integers(0, 3))),
+        max_buckets=draw(st.integers(1, 10)),
+        memory_budget=draw(st.one_of(st.just(math.inf), st.integers(0, 80).map(float))),
+        min_top_index=draw(st.integers(0, m - 1)),
+        max_padding_ratio=draw(st.sampled_from([1.0, 0.75, 0.5, 0.2, 0.0])),
+        bucket_cost=None if kappa is None else kappa.astype(float),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(dp_instances())
+def test_tables_equal_the_reference_dp(p: Problem) -> None:
+    num_layers = min(p.max_buckets, len(p.sizes))
+    f, opt = optimizer._tables(p, num_layers)
+    ref_f, ref_opt = reference_tables(p, num_layers)
+    assert np.array_equal(f, ref_f)
+    for k in range(2, num_layers + 1):  # rows j < k - 1 cannot hold k buckets: no argmin to compare
+        assert np.array_equal(opt[k - 1, k - 1 :], ref_opt[k - 1, k - 1 :])
+
+
+@settings(max_examples=300, deadline=None)
+@given(dp_instances())
+def test_each_layer_solver_equals_the_reference_dp(p: Problem) -> None:
+    """The hull (with every row it cannot settle left to its D&C) and the plain D&C, on every layer."""
+    num_layers = min(p.max_buckets, len(p.sizes))
+    ref_f, ref_opt = reference_tables(p, num_layers)
+    pre = optimizer._Prefix.of(p)
+    for k in range(2, num_layers + 1):
+        solved = [optimizer._dc_layer(ref_f[k - 2], ref_opt[k - 2], pre, k)]
+        hull = optimizer._hull_layer(ref_f[k - 2], ref_opt[k - 2], pre, k, max_unsettled=len(p.sizes))
+        solved += [hull] if hull is not None else []
+        for f, opt in solved:
+            assert np.array_equal(f, ref_f[k - 1])
+            assert np.array_equal(opt[k - 1 :], ref_opt[k - 1, k - 1 :])
+
+
+def reference_solve(p: Problem) -> Solution | None:
+    """solve() with the reference tables: the same selection (budget, coverage, ties) on top."""
+    fast_tables = optimizer._tables
+    try:
+        optimizer._tables = reference_tables
+        return solve(p)
+    finally:
+        optimizer._tables = fast_tables
+
+
+@settings(max_examples=200, deadline=None)
+@given(dp_instances())
+def test_solution_equals_the_reference_dp(p: Problem) -> None:
+    assert solve(p) == reference_solve(p)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_float_costs_match_the_reference_dp(seed: int) -> None:
+    """Real-valued costs (the H200 shape plus noise) on a few hundred sizes: equal up to rounding."""
+    rng = np.random.default_rng(seed)
+    sizes = np.unique(rng.integers(1, 8193, rng.integers(50, 300)))
+    g = np.maximum.accumulate(4e-3 + 3e-6 * np.maximum(sizes - 64, 0) * rng.uniform(0.5, 1.5, len(sizes)))
+    weights = rng.pareto(1.2, len(sizes)) * rng.integers(0, 2, len(sizes))  # heavy tail, some weight-0
+    p = Problem(sizes, weights, g, g + 0.018, 2.3e5 * sizes.astype(float), 2e6, 12, 3e9, 0,
+                float(rng.choice([0.5, 0.25, 1.0])))  # fmt: skip
+    num_layers = min(12, len(sizes))
+    f, _ = optimizer._tables(p, num_layers)
+    ref_f, _ = reference_tables(p, num_layers)
+    finite = np.isfinite(ref_f)
+    assert np.array_equal(finite, np.isfinite(f))
+    assert np.allclose(f[finite], ref_f[finite], rtol=1e-12, atol=1e-12)
+    fast, reference = solve(p), reference_solve(p)
+    assert fast is not None and reference is not None
+    assert math.isclose(fast.cost, reference.cost, rel_tol=1e-12)
