@@ -24,6 +24,40 @@ LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
 
 
+@triton.jit
+def _attend(
+    q, q_pos, table, k_cache_ptr, v_cache_ptr, stride_slot, head_off, lo, hi, scale_log2,
+    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):  # fmt: skip
+    """Online softmax of q's rows over keys [lo, hi) of one request and KV head: (acc, m, l)."""
+    dims = tl.arange(0, HEAD_DIM)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        k_pos = start + tl.arange(0, BLOCK_N)
+        k_ok = k_pos < hi
+        page = tl.load(table + k_pos // PAGE, mask=k_ok, other=0).to(tl.int64)
+        slot = page * PAGE + k_pos % PAGE
+        k = tl.load(k_cache_ptr + slot[None, :] * stride_slot + head_off + dims[:, None],
+                    mask=k_ok[None, :], other=0.0)  # fmt: skip
+        s = tl.dot(q, k) * scale_log2  # [BLOCK_M, BLOCK_N], log2 domain
+        visible = k_ok[None, :]
+        if CAUSAL:
+            visible = visible & (k_pos[None, :] <= q_pos[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_cache_ptr + slot[:, None] * stride_slot + head_off + dims[None, :],
+                    mask=k_ok[:, None], other=0.0)  # fmt: skip
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
 @triton.jit(do_not_specialize=["stride_table"])
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
@@ -51,31 +85,11 @@ def _paged_attention_kernel(
     q = tl.load(q_ptr + tok[:, None] * stride_q + head[:, None] * HEAD_DIM + dims[None, :],
                 mask=row_ok[:, None], other=0.0)  # fmt: skip
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     # keys this tile can see: up to the position of its last query token
     kv_end = tl.minimum(seq_len, prefix + q0 + BLOCK_Q)
     table = block_tables_ptr + req.to(tl.int64) * stride_table
-    head_off = kv_head * HEAD_DIM
-    for start in range(0, kv_end, BLOCK_N):
-        k_pos = start + tl.arange(0, BLOCK_N)
-        k_ok = k_pos < kv_end
-        page = tl.load(table + k_pos // PAGE, mask=k_ok, other=0).to(tl.int64)
-        slot = page * PAGE + k_pos % PAGE
-        k = tl.load(k_cache_ptr + slot[None, :] * stride_slot + head_off + dims[:, None],
-                    mask=k_ok[None, :], other=0.0)  # fmt: skip
-        s = tl.dot(q, k) * scale_log2  # [BLOCK_M, BLOCK_N], log2 domain
-        visible = (k_pos[None, :] <= q_pos[:, None]) & k_ok[None, :]
-        s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache_ptr + slot[:, None] * stride_slot + head_off + dims[None, :],
-                    mask=k_ok[:, None], other=0.0)  # fmt: skip
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    acc, _, l_i = _attend(q, q_pos, table, k_cache_ptr, v_cache_ptr, stride_slot, kv_head * HEAD_DIM, 0, kv_end,
+                            scale_log2, BLOCK_M, HEAD_DIM, PAGE, BLOCK_N, CAUSAL=True)  # fmt: skip
     out = acc / l_i[:, None]
     tl.store(out_ptr + tok[:, None] * stride_out + head[:, None] * HEAD_DIM + dims[None, :],
              out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])  # fmt: skip
@@ -104,29 +118,11 @@ def _decode_split_kernel(
     q = tl.load(
         q_ptr + tok * stride_q + head[:, None] * HEAD_DIM + dims[None, :], mask=row_ok[:, None], other=0.0
     )
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     table = block_tables_ptr + req.to(tl.int64) * stride_table
-    head_off = kv_head * HEAD_DIM
     lo = split * split_len
     hi = tl.minimum(seq_len, lo + split_len)
-    for start in range(lo, hi, BLOCK_N):
-        k_pos = start + tl.arange(0, BLOCK_N)
-        k_ok = k_pos < hi
-        page = tl.load(table + k_pos // PAGE, mask=k_ok, other=0).to(tl.int64)
-        slot = page * PAGE + k_pos % PAGE
-        k = tl.load(k_cache_ptr + slot[None, :] * stride_slot + head_off + dims[:, None],
-                    mask=k_ok[None, :], other=0.0)  # fmt: skip
-        s = tl.where(k_ok[None, :], tl.dot(q, k) * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache_ptr + slot[:, None] * stride_slot + head_off + dims[None, :],
-                    mask=k_ok[:, None], other=0.0)  # fmt: skip
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+    acc, m_i, l_i = _attend(q, rows, table, k_cache_ptr, v_cache_ptr, stride_slot, kv_head * HEAD_DIM, lo, hi,
+                            scale_log2, BLOCK_M, HEAD_DIM, PAGE, BLOCK_N, CAUSAL=False)  # fmt: skip
     # partial state per (request, head, split); an empty split leaves m = -inf, l = 0
     part = (req * tl.num_programs(1) * GROUP + head).to(tl.int64) * num_splits + split
     tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
