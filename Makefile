@@ -36,7 +36,7 @@ test: setup system-deps cluster-tools lint ## everything CI runs: lint, unit, in
 	$(VPY) -m pytest tests -q
 
 gpu: ## GPU tier, on a CUDA machine with torch and pytest (graphpilot imported from this tree, no install)
-	. hack/source-env.sh && $(PY) -m pytest tests/gpu -q -m gpu -s
+	. hack/source-env.sh && $(PY) -m pytest tests/gpu tests/unit/test_kernels.py -q -m gpu -s
 
 system-deps: ## Debian packages the tests use (Prometheus server, promtool, openssl)
 	bash hack/system-deps.sh

@@ -68,3 +68,15 @@ def test_base_image_and_versions_are_pinned_and_it_runs_as_non_root() -> None:
             assert "==" in requirement, f"unpinned: {requirement}"
     user = [args for op, args in instructions() if op == "USER"][-1]
     assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0
+
+
+def test_every_source_package_is_in_the_distribution() -> None:
+    """The image installs a wheel: a package missing from pyproject's list would be missing there."""
+    package_dir = PYPROJECT["tool"]["setuptools"]["package-dir"]
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    on_disk = set()
+    for name, src in package_dir.items():
+        for init in (ROOT / src).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / src)
+            on_disk.add(".".join([name, *rel.parts]))
+    assert on_disk - listed == set(), "add these to [tool.setuptools] packages"
