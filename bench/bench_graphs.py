@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -31,8 +32,10 @@ from graphpilot.runtime.models.presets import init_model
 
 
 def make_engine(model_dir: str, backend: str, concurrency: int, args: argparse.Namespace) -> Engine:
+    graph_backend, _, mode = backend.partition("+")  # e.g. cuda+async: async scheduling on
     return Engine(EngineConfig(
-        model=model_dir, load_format="dummy", graph_backend=backend, max_running_requests=concurrency,
+        model=model_dir, load_format="dummy", graph_backend=graph_backend, max_running_requests=concurrency,
+        async_scheduling=mode == "async",
         max_num_batched_tokens=args.max_num_batched_tokens, mem_fraction_static=args.mem_fraction_static,
         attention_backend=args.attention, progress=False,
     ))  # fmt: skip
@@ -74,13 +77,14 @@ def decode_step_ms(engine: Engine, batch: int, prompt_len: int = 256, steps: int
     ids = [engine.add_request(list(range(100 + i, 100 + i + prompt_len)), params) for i in range(batch)]
     for _ in range(8):  # prefill, then a few decode steps to warm up
         engine.step()
-    times = []
+    # consecutive step returns, no extra synchronisation: a synchronous step waits for its tokens
+    # anyway, and an async one must be free to overlap the next
+    torch.cuda.synchronize()
+    stamps = [time.perf_counter()]
     for _ in range(steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
         engine.step()
-        torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - start))
+        stamps.append(time.perf_counter())
+    times = [1000 * (b - a) for a, b in itertools.pairwise(stamps)]
     for rid in ids:
         engine.abort(rid)
     return statistics.median(times)
@@ -159,7 +163,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="qwen3-0.6b")
     p.add_argument("--runs", default="cuda:32,off:32,hf:32",
-                   help="backend:concurrency, in order; hf = transformers' continuous batching")  # fmt: skip
+                   help="backend:concurrency, in order; cuda+async: with async scheduling; "
+                        "hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
     p.add_argument("--num-requests", type=int, default=200, help="at concurrency > 1")
@@ -206,7 +211,7 @@ def main() -> None:
         run: dict[str, Any] = {"backend": backend, "concurrency": c, "engine_start_seconds": round(time.perf_counter() - t0, 2),
                                "load_seconds": round(engine.load_seconds, 2), "attention": engine.attn_backend}  # fmt: skip
         result["runs"].append(run)
-        if backend == "cuda" and "graphs" not in result:
+        if backend.startswith("cuda") and "graphs" not in result:
             result["weight_bytes"] = weight_bytes(engine)
             # floor: every weight byte read once at the measured copy bandwidth (bytes moved per second)
             result["decode_floor_ms"] = round(

@@ -27,10 +27,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--max-total-tokens", type=int, default=200000)
+    p.add_argument("--async-scheduling", action="store_true")
     args = p.parse_args()
     d = init_model(args.shape, tempfile.mkdtemp())
     engine = Engine(EngineConfig(model=d, load_format="dummy", graph_backend=args.backend, progress=False,
-                                 max_total_tokens=args.max_total_tokens))  # fmt: skip
+                                 max_total_tokens=args.max_total_tokens, async_scheduling=args.async_scheduling))  # fmt: skip
     params = SamplingParams(max_tokens=10_000, temperature=0.0, ignore_eos=True)
     for i in range(args.batch):
         engine.add_request(list(range(100 + i, 400 + i)), params)

@@ -33,6 +33,7 @@ class EngineConfig:
     graph_buckets: tuple[int, ...] | None = None  # default ladder up to max_num_batched_tokens
     graph_max_padding_ratio: float = 0.5
     attention_backend: str = "auto"  # auto: triton on CUDA, sdpa elsewhere; reference: plain per request
+    async_scheduling: bool = False  # prepare step N+1 on the host while the GPU runs step N
     progress: bool = True
     buckets: tuple[int, ...] = field(init=False)
 

@@ -66,6 +66,19 @@ class Completion:
     finish_reason: str | None
 
 
+@dataclass
+class _InFlight:
+    """A step launched on the device whose sampled tokens the host has not read yet (async scheduling)."""
+
+    batch: ScheduledBatch
+    route: Route
+    sample_reqs: list[Request]
+    tokens: torch.Tensor | None  # [num_sampled] on the device
+    host: torch.Tensor | None  # their host copy, valid once `done` has passed
+    done: Any  # torch.cuda.Event, or None on the CPU
+    start: float
+
+
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -100,6 +113,7 @@ class Engine:
         self.counters: dict[str, int] = {"prompt_tokens": 0, "generation_tokens": 0}
         self.finished_counts: dict[str, int] = {}
         self._lock = threading.RLock()
+        self._inflight: _InFlight | None = None
         backend = config.graph_backend
         if backend == "auto":
             backend = "cuda" if self.device.type == "cuda" else "eager"
@@ -199,12 +213,14 @@ class Engine:
             req = self.requests.pop(request_id, None)
             if req is None:
                 return False
+            if req.output_token_ids and req.output_token_ids[-1] < 0:
+                req.output_token_ids.pop()  # its in-flight token is dropped
             self._finish(req, "abort")
             return True
 
     def has_unfinished(self) -> bool:
         with self._lock:
-            return self.scheduler.has_unfinished() or self.runner.capturing
+            return self.scheduler.has_unfinished() or self.runner.capturing or self._inflight is not None
 
     # ---- profile -----------------------------------------------------------------------------------
 
@@ -218,7 +234,13 @@ class Engine:
     # ---- stepping ----------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one forward over the scheduled batch; return the requests that got tokens or finished."""
+        """Run one forward over the scheduled batch; return the requests that got tokens or finished.
+
+        With `async_scheduling` a step launches the next batch before it reads the previous one's
+        tokens, so it returns the outputs of the step before (and the last call drains it).
+        """
+        if self.config.async_scheduling:
+            return self._step_async()
         with self._lock, torch.inference_mode():
             if self.runner.capturing:
                 self.runner.advance(budget_seconds=0.05)
@@ -254,24 +276,93 @@ class Engine:
         return self.step_inputs(None, query_lens, context_lens, block_tables).attn
 
     def _forward(self, batch: ScheduledBatch) -> tuple[list[Request], list[int], Route]:
+        sample_reqs, tokens, route = self._launch(batch, None)
+        return sample_reqs, [] if tokens is None else tokens.tolist(), route
+
+    def _launch(
+        self, batch: ScheduledBatch, prev_tokens: torch.Tensor | None
+    ) -> tuple[list[Request], torch.Tensor | None, Route]:
+        """Queue the batch's forward and sampling on the device; the sampled ids stay there.
+
+        A token id -(i + 1) is a placeholder for the i-th token sampled by the step still in flight
+        (`prev_tokens`): it is filled in on the device, so the host need not wait for it.
+        """
         ids: list[int] = []
         context_lens, tables, sample_rows, sample_reqs = [], [], [], []
+        placeholders = False
         for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
             start, end = req.num_computed_tokens, req.num_computed_tokens + n
             ids.extend(req.token_ids(start, end))
+            placeholders = placeholders or bool(req.output_token_ids and req.output_token_ids[-1] < 0)
             context_lens.append(end)
             tables.append(req.block_table)
             if end == req.num_tokens:  # all known tokens are in: sample the next one
                 sample_rows.append(len(ids) - 1)
                 sample_reqs.append(req)
         inputs = self.step_inputs(ids, batch.num_new_tokens, context_lens, tables, sample_rows)
+        input_ids = inputs.input_ids
+        if placeholders:
+            assert prev_tokens is not None, "a placeholder token without a step in flight"
+            input_ids = torch.where(input_ids < 0, prev_tokens[(-input_ids - 1).clamp(min=0)], input_ids)
         ctx = ForwardContext(num_tokens=len(ids), attn=inputs.attn)
-        hidden, route = self.runner.forward(inputs.input_ids, inputs.positions, ctx)
+        hidden, route = self.runner.forward(input_ids, inputs.positions, ctx)
         if not sample_reqs:
-            return [], [], route
+            return [], None, route
         logits = self.model.compute_logits(hidden[inputs.sample_rows])
         tokens = self.sampler(logits, [r.params for r in sample_reqs], [r.request_id for r in sample_reqs])
-        return sample_reqs, tokens.tolist(), route
+        return sample_reqs, tokens, route
+
+    def _step_async(self) -> list[RequestOutput]:
+        """Launch step N+1, then read step N's tokens while the device runs N+1.
+
+        Step N's sampled requests carry a placeholder token, so the scheduler gives each the decode
+        row it will need; a request that finishes at step N (stop, EOS, length, abort) has its row
+        in step N+1 computed and dropped. Freed KV blocks are safe to hand out at once: every later
+        step runs after N+1 on the same stream.
+        """
+        with self._lock, torch.inference_mode():
+            prev, self._inflight = self._inflight, None
+            if self.runner.capturing:
+                if prev is not None:  # captures run between steps, with nothing in flight
+                    return self._resolve(prev)
+                self.runner.advance(budget_seconds=0.05)
+            cur = None
+            batch = self.scheduler.schedule()
+            if batch is not None:
+                start = time.perf_counter()
+                sample_reqs, tokens, route = self._launch(batch, prev.tokens if prev is not None else None)
+                for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
+                    req.num_computed_tokens += n
+                host, done = tokens, None
+                if tokens is not None and tokens.is_cuda:
+                    host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+                    host.copy_(tokens, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                cur = _InFlight(batch, route, sample_reqs, tokens, host, done, start)
+            outputs = self._resolve(prev) if prev is not None else []
+            if cur is not None:
+                for i, req in enumerate(cur.sample_reqs):
+                    if not req.finished:
+                        req.output_token_ids.append(-(i + 1))  # placeholder: the next step feeds it
+                self._inflight = cur
+            return outputs
+
+    def _resolve(self, p: _InFlight) -> list[RequestOutput]:
+        """Read a launched step's tokens (waiting for that step only) and apply them."""
+        if p.done is not None:
+            p.done.synchronize()
+        tokens = [] if p.host is None else p.host.tolist()
+        outputs = []
+        for req, tok in zip(p.sample_reqs, tokens, strict=True):
+            if req.finished:  # finished or aborted while this step was in flight: drop its token
+                continue
+            assert req.output_token_ids[-1] < 0, "a resolved request lost its placeholder"
+            req.output_token_ids.pop()
+            outputs.append(self._append(req, tok))
+        seconds = time.perf_counter() - p.start
+        self.step_log.append(p.batch.num_tokens, p.route.bucket, p.route.reason, seconds, len(tokens))
+        return outputs
 
     def _append(self, req: Request, token: int) -> RequestOutput:
         req.output_token_ids.append(token)

@@ -147,3 +147,27 @@ def test_client_disconnect_aborts_the_request(tiny_runtime, stream):
     while _metric(tiny_runtime, "graphpilot_num_requests_running") > 0:
         assert time.monotonic() < deadline, "an aborted request kept running"
         time.sleep(0.1)
+
+
+def test_async_scheduling_serves_the_same_greedy_results(tiny_runtime, runtime_factory):
+    """`--async-scheduling` (step N+1 prepared while step N runs): the same text for every client."""
+    rt = runtime_factory("--async-scheduling")
+    sync_api = client(tiny_runtime)
+    expected = {p: sync_api.completions.create(model="tiny", prompt=p, max_tokens=12, temperature=0).choices[0].text
+                for p in PROMPTS}  # fmt: skip
+
+    async def one(i: int) -> tuple[str, str]:
+        c, p = aclient(rt), PROMPTS[i % len(PROMPTS)]
+        if i % 2:
+            stream = await c.completions.create(model="tiny", prompt=p, max_tokens=12, temperature=0,
+                                                stream=True)  # fmt: skip
+            return "".join([ch.choices[0].text async for ch in stream]), expected[p]
+        r = await c.completions.create(model="tiny", prompt=p, max_tokens=12, temperature=0)
+        return r.choices[0].text, expected[p]
+
+    async def run() -> list[tuple[str, str]]:
+        return await asyncio.gather(*(one(i) for i in range(16)))
+
+    for got, want in asyncio.run(run()):
+        assert got == want
+    assert rt.stop() == 0
