@@ -86,3 +86,21 @@ def test_seeded_sampling_is_the_same_with_async_scheduling(tiny_dir: str) -> Non
     assert [c.token_ids for c in overlapped.generate(ps, params)] == [
         c.token_ids for c in sync.generate(ps, params)
     ]
+
+
+def test_live_retune_under_async_scheduling_keeps_outputs(tiny_dir: str) -> None:
+    """A capture waits for the step in flight (captures run between steps), then serving resumes."""
+    sync, overlapped = _pair(tiny_dir, graph_backend="eager", graph_buckets=(1, 2, 4, 8, 16, 32, 64))
+    params = SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)
+    ps = prompts(12, seed=5)
+    expected = [c.token_ids for c in sync.generate(ps, params)]
+    ids = [overlapped.add_request(p, params) for p in ps]
+    outputs: dict[str, list[int]] = {i: [] for i in ids}
+    ladders, results = [(4, 16, 64), (1, 2, 3, 5, 8, 64), (1, 2, 4, 8, 16, 32, 64)], []
+    while overlapped.has_unfinished():
+        if ladders and not overlapped.runner.capturing:
+            overlapped.apply_profile(ladders.pop(0), on_done=results.append)
+        for o in overlapped.step():
+            outputs[o.request_id] += o.new_token_ids
+    assert [r.result for r in results] == ["applied"] * 3, [r.reason for r in results]
+    assert [outputs[i] for i in ids] == expected

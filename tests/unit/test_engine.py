@@ -144,3 +144,10 @@ def test_empty_and_out_of_vocabulary_prompts_are_refused(tiny_dir: str) -> None:
         engine.add_request("", GREEDY)
     with pytest.raises(RequestError, match=r"within 0\.\.511"):
         engine.add_request([5, 100000], GREEDY)
+
+
+def test_triton_attention_needs_a_gpu(tiny_dir: str) -> None:
+    from graphpilot.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match="attention_backend triton needs a CUDA GPU"):
+        make_engine(tiny_dir, device="cpu", attention_backend="triton")
