@@ -446,14 +446,17 @@ def _resolve_device(name: str) -> torch.device:
 
 def _resolve_attention_backend(name: str, device: torch.device, mc: Any) -> str:
     """auto: the paged Triton kernel on CUDA (when the head layout suits it), torch ops elsewhere."""
-    pow2 = (mc.head_dim & (mc.head_dim - 1)) == 0 and (mc.num_key_value_heads * mc.head_dim) & (
-        mc.num_key_value_heads * mc.head_dim - 1
-    ) == 0
-    if name == "triton" and (device.type != "cuda" or not HAS_TRITON or not pow2):
+    kv_width = mc.num_key_value_heads * mc.head_dim
+    fits = device.type == "cuda" and HAS_TRITON and _is_pow2(mc.head_dim) and _is_pow2(kv_width)
+    if name == "triton" and not fits:
         raise ConfigError("attention_backend triton needs a CUDA GPU, Triton, and power-of-two head sizes")
     if name != "auto":
         return name
-    return "triton" if device.type == "cuda" and HAS_TRITON and pow2 else "sdpa"
+    return "triton" if fits else "sdpa"
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
 
 
 def _resolve_dtype(name: str, checkpoint: torch.dtype, device: torch.device) -> torch.dtype:

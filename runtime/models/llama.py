@@ -53,16 +53,14 @@ class SelfAttention(nn.Module):
             torch.mm(x, self.qkv_proj.weight.t(), out=qkv)
         else:
             torch.addmm(self.qkv_proj.bias, x, self.qkv_proj.weight.t(), out=qkv)
-        if use_triton(qkv) and self.attn.backend == "triton":
-            # one kernel: q/k norm and rotary in place, then one kernel stores k and v
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        if self.attn.backend == "triton":  # one kernel: q/k norm and rotary, in place on qkv
             q_w = self.q_norm.weight if self.q_norm is not None else None
             k_w = self.k_norm.weight if self.k_norm is not None else None
             eps = self.q_norm.eps if self.q_norm is not None else 0.0
             qk_norm_rope_(qkv, positions, self.rotary.cos_sin, self.num_heads, self.num_kv_heads,
                           self.head_dim, q_w, k_w, eps)  # fmt: skip
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         else:
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = q.reshape(n, self.num_heads, self.head_dim)
             k = k.reshape(n, self.num_kv_heads, self.head_dim)
             if self.q_norm is not None and self.k_norm is not None:
