@@ -32,10 +32,11 @@ from graphpilot.runtime.models.presets import init_model
 
 
 def make_engine(model_dir: str, backend: str, concurrency: int, args: argparse.Namespace) -> Engine:
-    graph_backend, _, mode = backend.partition("+")  # e.g. cuda+async: async scheduling on
+    # e.g. cuda+sync: async scheduling off; cuda+cublas: cuBLAS for every matrix multiply
+    graph_backend, *modes = backend.split("+")
     return Engine(EngineConfig(
         model=model_dir, load_format="dummy", graph_backend=graph_backend, max_running_requests=concurrency,
-        async_scheduling=mode == "async",
+        async_scheduling=False if "sync" in modes else None, gemm_backend="cublas" if "cublas" in modes else "auto",
         max_num_batched_tokens=args.max_num_batched_tokens, mem_fraction_static=args.mem_fraction_static,
         attention_backend=args.attention, progress=False,
     ))  # fmt: skip
@@ -163,8 +164,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="qwen3-0.6b")
     p.add_argument("--runs", default="cuda:32,off:32,hf:32",
-                   help="backend:concurrency, in order; cuda+async: with async scheduling; "
-                        "hf: transformers' continuous batching")  # fmt: skip
+                   help="backend:concurrency, in order; +sync: async scheduling off; +cublas: cuBLAS for "
+                        "every matrix multiply; hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
     p.add_argument("--num-requests", type=int, default=200, help="at concurrency > 1")
@@ -209,7 +210,9 @@ def main() -> None:
         t0 = time.perf_counter()
         engine = make_engine(model_dir, backend, c, args)
         run: dict[str, Any] = {"backend": backend, "concurrency": c, "engine_start_seconds": round(time.perf_counter() - t0, 2),
-                               "load_seconds": round(engine.load_seconds, 2), "attention": engine.attn_backend}  # fmt: skip
+                               "load_seconds": round(engine.load_seconds, 2), "attention": engine.attn_backend,
+                               "async_scheduling": engine.async_scheduling,
+                               "skinny_gemm_shapes": len(engine.model.gemm.skinny)}  # fmt: skip
         result["runs"].append(run)
         if backend.startswith("cuda") and "graphs" not in result:
             result["weight_bytes"] = weight_bytes(engine)
@@ -223,6 +226,7 @@ def main() -> None:
                 "shared_boundary_bytes": engine.runner.shared.nbytes,
                 "per_bucket": [s.to_dict() for s in sorted(engine.runner.bucket_stats.values(), key=lambda s: s.num_tokens)],
             }  # fmt: skip
+            result["gemm"] = engine.model.gemm.measured
             save(result, args.out)
             sizes = [int(x) for x in args.break_sizes.split(",") if x]
             result["break_cost"] = break_cost(engine, sizes, args.context)

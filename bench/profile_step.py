@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--max-total-tokens", type=int, default=200000)
-    p.add_argument("--async-scheduling", action="store_true")
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
     args = p.parse_args()
     d = init_model(args.shape, tempfile.mkdtemp())
     engine = Engine(EngineConfig(model=d, load_format="dummy", graph_backend=args.backend, progress=False,

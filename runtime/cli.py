@@ -54,8 +54,14 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mem-fraction-static", type=float, default=0.85)
     p.add_argument("--max-total-tokens", type=int, help="KV cache size in tokens (default: from memory)")
     p.add_argument("--graph-backend", default="auto", choices=["auto", "cuda", "eager", "off"])
-    p.add_argument("--async-scheduling", action="store_true",
-                   help="schedule and prepare step N+1 while the GPU runs step N")  # fmt: skip
+    p.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="schedule and prepare step N+1 while the GPU runs step N (default: on with CUDA)",
+    )
+    p.add_argument("--gemm-backend", default="auto", choices=["auto", "cublas"],
+                   help="auto: a skinny Triton GEMM for decode-sized batches where it measures faster")  # fmt: skip
     p.add_argument("--graph-buckets", type=_buckets, help="comma-separated num_tokens buckets")
     p.add_argument("--graph-max-padding-ratio", type=float, default=0.5)
     p.add_argument("--attention-backend", default="auto", choices=["auto", "reference", "sdpa", "triton"])
@@ -76,7 +82,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_running_requests=args.max_running_requests, mem_fraction_static=args.mem_fraction_static,
         max_total_tokens=args.max_total_tokens, graph_backend=args.graph_backend, graph_buckets=args.graph_buckets,
         graph_max_padding_ratio=args.graph_max_padding_ratio, attention_backend=args.attention_backend,
-        async_scheduling=args.async_scheduling,
+        async_scheduling=args.async_scheduling, gemm_backend=args.gemm_backend,
         progress=not args.no_progress,
     )  # fmt: skip
 

@@ -33,7 +33,8 @@ class EngineConfig:
     graph_buckets: tuple[int, ...] | None = None  # default ladder up to max_num_batched_tokens
     graph_max_padding_ratio: float = 0.5
     attention_backend: str = "auto"  # auto: triton on CUDA, sdpa elsewhere; reference: plain per request
-    async_scheduling: bool = False  # prepare step N+1 on the host while the GPU runs step N
+    async_scheduling: bool | None = None  # prepare step N+1 while the GPU runs step N; None: on CUDA
+    gemm_backend: str = "auto"  # auto: the skinny Triton kernel where it measures faster (CUDA); cublas
     progress: bool = True
     buckets: tuple[int, ...] = field(init=False)
 
@@ -42,6 +43,7 @@ class EngineConfig:
         self._check_choice("load_format", LOAD_FORMATS)
         self._check_choice("graph_backend", (*GRAPH_BACKENDS, "auto"))
         self._check_choice("attention_backend", ("auto", "reference", "sdpa", "triton"))
+        self._check_choice("gemm_backend", ("auto", "cublas"))
         if not os.path.isdir(self.model):
             raise ConfigError(f"model directory {self.model!r} does not exist")
         for name in ("max_num_batched_tokens", "max_running_requests", "block_size"):

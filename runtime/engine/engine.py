@@ -102,6 +102,14 @@ class Engine:
             self.model, self.model_config, config.model, fmt, config.seed, config.progress
         )
         log.info("weights loaded", extra={"seconds": round(self.load_seconds, 2), "format": fmt})
+        if config.gemm_backend == "auto" and self.attn_backend == "triton":
+            start = time.perf_counter()
+            self.model.gemm.tune(self.model.linear_weights())
+            log.info("gemm kernels measured", extra={
+                "seconds": round(time.perf_counter() - start, 2), "skinny": len(self.model.gemm.skinny),
+                "measured": len(self.model.gemm.measured)})  # fmt: skip
+        on_cuda = self.device.type == "cuda"
+        self.async_scheduling = on_cuda if config.async_scheduling is None else config.async_scheduling
         self.kv = self._allocate_kv_cache()
         self.max_model_len = min(
             config.max_model_len or self.model_config.max_position_embeddings, self.kv.pool.capacity_tokens
@@ -114,6 +122,7 @@ class Engine:
         self.finished_counts: dict[str, int] = {}
         self._lock = threading.RLock()
         self._inflight: _InFlight | None = None
+        self._resolved_at = 0.0
         backend = config.graph_backend
         if backend == "auto":
             backend = "cuda" if self.device.type == "cuda" else "eager"
@@ -239,7 +248,7 @@ class Engine:
         With `async_scheduling` a step launches the next batch before it reads the previous one's
         tokens, so it returns the outputs of the step before (and the last call drains it).
         """
-        if self.config.async_scheduling:
+        if self.async_scheduling:
             return self._step_async()
         with self._lock, torch.inference_mode():
             if self.runner.capturing:
@@ -360,7 +369,9 @@ class Engine:
             assert req.output_token_ids[-1] < 0, "a resolved request lost its placeholder"
             req.output_token_ids.pop()
             outputs.append(self._append(req, tok))
-        seconds = time.perf_counter() - p.start
+        # wall time of this step alone: steps overlap, so it starts where the previous one ended
+        now = time.perf_counter()
+        seconds, self._resolved_at = now - max(p.start, self._resolved_at), now
         self.step_log.append(p.batch.num_tokens, p.route.bucket, p.route.reason, seconds, len(tokens))
         return outputs
 

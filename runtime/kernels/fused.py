@@ -60,9 +60,9 @@ def rms_norm(
 
 @triton.jit
 def _qk_norm_rope_kernel(
-    qkv_ptr, pos_ptr, cos_sin_ptr, q_w_ptr, k_w_ptr,
-    stride_tok, num_q_heads, eps,
-    HEAD_DIM: tl.constexpr, QK_NORM: tl.constexpr,
+    qkv_ptr, pos_ptr, cos_sin_ptr, q_w_ptr, k_w_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
+    stride_tok, stride_slot, num_q_heads, num_kv_heads, eps,
+    HEAD_DIM: tl.constexpr, QK_NORM: tl.constexpr, STORE_KV: tl.constexpr,
 ):  # fmt: skip
     tok = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
@@ -87,8 +87,19 @@ def _qk_norm_rope_kernel(
     pos = tl.load(pos_ptr + tok)
     cos = tl.load(cos_sin_ptr + pos * HEAD_DIM + offs).to(dtype).to(tl.float32)
     sin = tl.load(cos_sin_ptr + pos * HEAD_DIM + half + offs).to(dtype).to(tl.float32)
-    tl.store(base + offs, (a * cos - b * sin).to(dtype))
-    tl.store(base + half + offs, (b * cos + a * sin).to(dtype))
+    y1 = (a * cos - b * sin).to(dtype)
+    y2 = (b * cos + a * sin).to(dtype)
+    tl.store(base + offs, y1)
+    tl.store(base + half + offs, y2)
+    if STORE_KV:  # noqa: SIM102 (a constexpr branch, compiled out without the store)
+        if head >= num_q_heads:  # a K head: it and its V head go to the token's cache slot
+            slot = tl.load(slot_ptr + tok).to(tl.int64)
+            dst = slot * stride_slot + (head - num_q_heads) * HEAD_DIM
+            tl.store(k_cache_ptr + dst + offs, y1)
+            tl.store(k_cache_ptr + dst + half + offs, y2)
+            v = base + num_kv_heads * HEAD_DIM
+            tl.store(v_cache_ptr + dst + offs, tl.load(v + offs))
+            tl.store(v_cache_ptr + dst + half + offs, tl.load(v + half + offs))
 
 
 _qk_norm_rope = FastKernel(_qk_norm_rope_kernel)
@@ -104,17 +115,31 @@ def qk_norm_rope_(
     q_weight: torch.Tensor | None,
     k_weight: torch.Tensor | None,
     eps: float,
+    slot_mapping: torch.Tensor | None = None,
+    k_cache: torch.Tensor | None = None,
+    v_cache: torch.Tensor | None = None,
 ) -> None:
-    """In place on the q and k heads of `qkv`: optional per-head RMSNorm, then rotary embedding."""
-    # qkv: [n, (q_heads + 2 * kv_heads) * head_dim]; positions: [n]; cos_sin: [max_pos, head_dim] fp32
+    """In place on the q and k heads of `qkv`: optional per-head RMSNorm, then rotary embedding;
+    with `slot_mapping` and the caches, each token's (rotated) K and its V also go to its cache slot."""
+    # qkv: [n, (q_heads + 2 * kv_heads) * head_dim]; positions, slot_mapping: [n];
+    # cos_sin: [max_pos, head_dim] fp32; caches: [num_slots, kv_heads, head_dim]
     n = qkv.shape[0]
     if n == 0:
         return
     assert qkv.stride(1) == 1, "qkv rows must be contiguous"
     qk_norm = q_weight is not None and k_weight is not None
+    store = slot_mapping is not None and k_cache is not None and v_cache is not None
+    if store:
+        assert (
+            k_cache.is_contiguous()
+            and v_cache.is_contiguous()
+            and k_cache.shape[1:] == (num_kv_heads, head_dim)
+        )
     _qk_norm_rope((n, num_q_heads + num_kv_heads),
         qkv, positions, cos_sin, q_weight if qk_norm else cos_sin, k_weight if qk_norm else cos_sin,
-        qkv.stride(0), num_q_heads, eps, HEAD_DIM=head_dim, QK_NORM=qk_norm, num_warps=1,
+        slot_mapping if store else positions, k_cache if store else qkv, v_cache if store else qkv,
+        qkv.stride(0), k_cache.stride(0) if store else 0, num_q_heads, num_kv_heads, eps,
+        HEAD_DIM=head_dim, QK_NORM=qk_norm, STORE_KV=store, num_warps=1,
     )  # fmt: skip
 
 
@@ -144,36 +169,3 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         (n, triton.cdiv(width, block)), x, out, x.stride(0), out.stride(0), width, BLOCK=block, num_warps=4
     )
     return out
-
-
-@triton.jit
-def _store_kv_kernel(
-    k_ptr, v_ptr, slot_ptr, k_cache_ptr, v_cache_ptr, stride_k, stride_v, stride_slot,
-    KV_WIDTH: tl.constexpr,
-):  # fmt: skip
-    tok = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slot_ptr + tok).to(tl.int64)
-    offs = tl.arange(0, KV_WIDTH)
-    tl.store(k_cache_ptr + slot * stride_slot + offs, tl.load(k_ptr + tok * stride_k + offs))
-    tl.store(v_cache_ptr + slot * stride_slot + offs, tl.load(v_ptr + tok * stride_v + offs))
-
-
-_store_kv = FastKernel(_store_kv_kernel)
-
-
-def store_kv(
-    k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
-) -> None:
-    """Write each token's k and v into its cache slot (one kernel for both)."""
-    # k, v: [n, kv_heads * head_dim] (rows may be strided views of qkv); slot_mapping: [n];
-    # caches: [num_slots, kv_heads, head_dim]
-    n = k.shape[0]
-    if n == 0:
-        return
-    kv_width = k_cache.shape[1] * k_cache.shape[2]
-    assert k_cache.is_contiguous() and v_cache.is_contiguous() and k.stride(1) == 1 and v.stride(1) == 1
-    assert kv_width & (kv_width - 1) == 0, "kv_heads * head_dim must be a power of two"
-    _store_kv((n,),
-        k, v, slot_mapping, k_cache, v_cache, k.stride(0), v.stride(0), k_cache.stride(0),
-        KV_WIDTH=kv_width, num_warps=4,
-    )  # fmt: skip

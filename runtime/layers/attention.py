@@ -11,13 +11,13 @@ from graphpilot.runtime.graphs.breaks import graph_break
 from graphpilot.runtime.kernels import HAS_TRITON
 
 if HAS_TRITON:
-    from graphpilot.runtime.kernels.fused import store_kv
     from graphpilot.runtime.kernels.paged_attention import paged_attention
 
 
 class Attention(nn.Module):
-    """Paged attention. `store_kv` runs inside graph segments (slots depend on num_tokens only:
-    padded rows write the scratch block); `forward` is the break.
+    """Paged attention. The K/V store runs inside graph segments (slots depend on num_tokens only:
+    padded rows write the scratch block): `store_kv` here, or fused into the q/k-norm + rotary kernel
+    on the triton backend (`cache_target`); `forward` is the break.
 
     Backends: `triton` (one paged kernel per call, GPU), `sdpa` (torch ops: batched decode matmuls
     and per-request SDPA prefill), `reference` (plain per-request math).
@@ -35,13 +35,14 @@ class Attention(nn.Module):
         # k_cache, v_cache: [num_slots, num_kv_heads, head_dim]
         self.k_cache, self.v_cache = k_cache, v_cache
 
+    def cache_target(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(slot_mapping, k_cache, v_cache) for a kernel that stores this layer's K/V itself."""
+        return get_forward_context().attn.slot_mapping[:n], self.k_cache, self.v_cache
+
     def store_kv(self, k: torch.Tensor, v: torch.Tensor) -> None:
         # k, v: [n, kv_heads * head_dim]
-        slots = get_forward_context().attn.slot_mapping[: k.shape[0]]
-        if self.backend == "triton":
-            store_kv(k, v, slots, self.k_cache, self.v_cache)
-            return
         n = k.shape[0]
+        slots = get_forward_context().attn.slot_mapping[:n]
         self.k_cache.index_copy_(0, slots, k.reshape(n, self.num_kv_heads, self.head_dim))
         self.v_cache.index_copy_(0, slots, v.reshape(n, self.num_kv_heads, self.head_dim))
 

@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from graphpilot.runtime.engine.context import ForwardContext, build_attention_metadata, forward_context
-from graphpilot.runtime.kernels.fused import qk_norm_rope_, rms_norm, silu_and_mul, store_kv
+from graphpilot.runtime.kernels.fused import qk_norm_rope_, rms_norm, silu_and_mul
+from graphpilot.runtime.kernels.gemm import skinny_mm
 from graphpilot.runtime.kernels.paged_attention import paged_attention
 from graphpilot.runtime.layers.attention import Attention
+from graphpilot.runtime.layers.linear import GemmTable, linear
 from graphpilot.runtime.layers.norm import RMSNorm
 from graphpilot.runtime.layers.rotary import RotaryEmbedding
 
@@ -115,25 +117,35 @@ def _batch(device: str, dtype: torch.dtype, query_lens: list[int], context_lens:
         pytest.param([1, 20, 1, 5], [9, 45, 2, 5], id="mixed-with-prefixes"),
     ],
 )
-def test_store_kv_and_paged_attention_match_reference(
+def test_rope_kv_store_and_paged_attention_match_reference(
     device: str, dtype: torch.dtype, query_lens: list[int], context_lens: list[int]
 ) -> None:
     heads, kv_heads, d, page, k_cache, v_cache, tables, q, k, v = _batch(
         device, dtype, query_lens, context_lens
     )
     dev, n = torch.device(device), q.shape[0]
+    positions = torch.tensor(
+        [c - ql + i for ql, c in zip(query_lens, context_lens, strict=True) for i in range(ql)], device=dev
+    )
+    rot = RotaryEmbedding(d, 1024, 10000.0).to(device)
     paged = build_attention_metadata(
         query_lens, context_lens, tables, page, dev, paged_group=heads // kv_heads
     )
     plain = build_attention_metadata(query_lens, context_lens, tables, page, dev)
     assert torch.equal(paged.slot_mapping, plain.slot_mapping)
 
+    # the fused kernel: rotary in place on q and k, and the rotated K plus V into the cache slots
+    qkv = torch.cat([q, k, v], dim=-1)
     kc, vc = k_cache.clone(), v_cache.clone()
-    store_kv(k, v, paged.slot_mapping, kc, vc)
+    qk_norm_rope_(
+        qkv, positions, rot.cos_sin, heads, kv_heads, d, None, None, 0.0, paged.slot_mapping, kc, vc
+    )
+    q, k_rot, v_out = qkv.split([heads * d, kv_heads * d, kv_heads * d], dim=-1)
+    assert torch.equal(v_out, v)  # v untouched in qkv
     ref = Attention(heads, kv_heads, d, "reference")
     ref.bind_cache(k_cache.clone(), v_cache.clone())
     with forward_context(ForwardContext(n, plain)):
-        ref.store_kv(k, v)
+        ref.store_kv(k_rot, v)
         expected = ref(q)
     assert torch.equal(kc, ref.k_cache) and torch.equal(vc, ref.v_cache)
 
@@ -152,3 +164,32 @@ def test_small_decode_batches_split_the_context_to_fill_the_gpu() -> None:
     assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=4096, num_sms=132) == 17  # 136 programs
     assert decode_splits(num_reqs=32, kv_heads=8, max_seq_len=4096, num_sms=132) == 1  # already full
     assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=40, num_sms=132) == 1  # one key tile
+
+
+@pytest.mark.parametrize(("device", "dtype"), CASES)
+@pytest.mark.parametrize(
+    ("rows", "n", "k", "bias"), [(1, 200, 96, False), (5, 72, 320, True), (16, 40, 64, False)]
+)
+def test_skinny_mm_matches_torch(
+    device: str, dtype: torch.dtype, rows: int, n: int, k: int, bias: bool
+) -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(rows, k, generator=g).to(device, dtype)
+    w = (torch.randn(n, k, generator=g) / k**0.5).to(device, dtype)
+    b = torch.randn(n, generator=g).to(device, dtype) if bias else None
+    for block_n, block_k in ((16, 64), (64, 128)):  # tiles that divide the shape and tiles that do not
+        out = skinny_mm(x, w, b, block_n=block_n, block_k=block_k)
+        _close(out, F.linear(x.float(), w.float(), None if b is None else b.float()), dtype, ulps=2)
+
+
+@pytest.mark.gpu
+def test_gemm_table_routes_measured_shapes_to_the_skinny_kernel() -> None:
+    w = torch.randn(1024, 2048, dtype=torch.bfloat16, device="cuda") / 45
+    table = GemmTable()
+    table.tune([(w, None)])
+    assert len(table.measured) == 5 and {m["rows"] for m in table.measured} == {1, 2, 4, 8, 16}
+    x = torch.randn(3, 2048, dtype=torch.bfloat16, device="cuda")
+    chosen = table.lookup(x, w, None)
+    assert (chosen is not None) == ((1024, 2048, False, 4) in table.skinny)
+    assert table.lookup(torch.randn(17, 2048, device="cuda"), w, None) is None  # beyond the row tile: cuBLAS
+    _close(linear(x, w, table=table), F.linear(x, w), torch.bfloat16, ulps=2)

@@ -1,0 +1,130 @@
+"""Matrix multiplies of the model: cuBLAS, or the skinny Triton kernel where it measured faster.
+
+`GemmTable.tune` times both kernels on every distinct weight shape of the model for 1, 2, 4, 8 and
+16 rows, each as a CUDA graph of back-to-back calls (no launch overhead), and records where the
+skinny kernel (`runtime/kernels/gemm.py`) wins. `linear` then dispatches on (n, k, bias, rows rounded
+up to a power of two): the graph of a bucket and the eager forward of the same rows take the same
+kernel. Without a tuned table (CPU, tests, `gemm_backend="cublas"`) everything is torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+MAX_ROWS = 16  # the skinny kernel's row tile (kernels.gemm.MAX_ROWS)
+
+
+class GemmTable:
+    """Which kernel runs `x @ w.T` for each (n, k, bias, rows): the skinny kernel where it measured
+    faster than cuBLAS on this GPU, cuBLAS everywhere else. Rows round up to a power of two."""
+
+    def __init__(self) -> None:
+        self.skinny: dict[tuple[int, int, bool, int], tuple[int, int, int]] = {}
+        self.measured: list[dict[str, float | int | bool]] = []
+        self.kernel: Callable[..., torch.Tensor] | None = None
+
+    def lookup(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[int, int, int] | None:
+        m = x.shape[0]
+        if m == 0 or m > MAX_ROWS or not self.skinny:
+            return None
+        rows = 1 << (m - 1).bit_length()
+        return self.skinny.get((weight.shape[0], weight.shape[1], bias is not None, rows))
+
+    @torch.inference_mode()
+    def tune(self, weights: list[tuple[torch.Tensor, torch.Tensor | None]], reps: int = 10) -> None:
+        """Time both kernels on each distinct weight shape of the model for 1..MAX_ROWS rows."""
+        seen: dict[tuple[int, int, bool], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        for w, b in weights:
+            seen.setdefault((w.shape[0], w.shape[1], b is not None), (w, b))
+        from graphpilot.runtime.kernels.gemm import num_sms, skinny_config, skinny_mm
+
+        self.kernel = skinny_mm
+        sms = num_sms(next(iter(seen.values()))[0].device)
+        rows = 1
+        while rows <= MAX_ROWS:
+            for (n, k, has_bias), (w, b) in seen.items():
+                x = torch.randn(rows, k, dtype=w.dtype, device=w.device)
+                out = torch.empty(rows, n, dtype=w.dtype, device=w.device)
+                cublas = _graph_us(lambda x=x, w=w, b=b, out=out: _torch_mm(x, w, b, out), reps)
+                cfg, ours = _fit(skinny_config(n, sms), x, w, b, out, reps)
+                if cfg is not None and ours < cublas:
+                    self.skinny[(n, k, has_bias, rows)] = cfg
+                self.measured.append(
+                    {"n": n, "k": k, "bias": has_bias, "rows": rows, "cublas_us": round(cublas, 2),
+                     "skinny_us": round(ours, 2)}
+                )  # fmt: skip
+            rows *= 2
+
+
+def _fit(
+    cfg: tuple[int, int, int],
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    out: torch.Tensor,
+    reps: int,
+) -> tuple[tuple[int, int, int] | None, float]:
+    """Time the skinny kernel with `cfg`, with fewer pipeline stages (then shorter K tiles) where the
+    tiles do not fit in this GPU's shared memory; (None, inf) when nothing fits."""
+    from triton.runtime.errors import OutOfResources
+
+    from graphpilot.runtime.kernels.gemm import skinny_mm
+
+    block_n, block_k0, stages0 = cfg
+    for block_k in (block_k0, block_k0 // 2, block_k0 // 4):
+        for stages in range(stages0, 1, -1):
+            tried = (block_n, block_k, stages)
+            try:
+                return tried, _graph_us(lambda tried=tried: skinny_mm(x, w, b, out, *tried), reps)
+            except OutOfResources:
+                continue
+    return None, float("inf")
+
+
+def _torch_mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    if b is None:
+        return torch.mm(x, w.t(), out=out)
+    return torch.addmm(b, x, w.t(), out=out)
+
+
+def _graph_us(fn: Callable[[], object], reps: int, iters: int = 5) -> float:
+    """Median microseconds per call of `fn`, `reps` calls replayed as one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(1000 * start.elapsed_time(end) / reps)
+    return sorted(times)[len(times) // 2]
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    table: GemmTable | None = None,
+) -> torch.Tensor:
+    """x @ weight.T (+ bias), by the kernel `table` chose for this shape (cuBLAS without a table)."""
+    cfg = table.lookup(x, weight, bias) if table is not None else None
+    if cfg is not None and table is not None and table.kernel is not None:
+        return table.kernel(x, weight, bias, out, *cfg)
+    if out is None:
+        return F.linear(x, weight, bias)
+    return _torch_mm(x, weight, bias, out)
