@@ -4,7 +4,7 @@ A decode step of a dense model is a few large weight matrices read once for a ha
 the time is the weight read. cuBLAS picks tiles for compute and, on small matrices, leaves most SMs
 idle or splits K with a second reduction kernel. Here each program owns BLOCK_N output columns for
 all rows and streams its [BLOCK_N, K] slice of the weight once, with enough programs to cover the
-SMs; the row tile is padded to 16 so that the multiply-accumulate runs on tensor cores, in fp32.
+SMs; the row tile is padded to 16 (or 32) so that the multiply-accumulate runs on tensor cores, in fp32.
 `skinny_mm` is used only where `prefer_skinny` measured it faster on this GPU for this shape.
 """
 
@@ -16,7 +16,7 @@ import triton.language as tl
 
 from graphpilot.runtime.kernels.launch import FastKernel
 
-MAX_ROWS = 16  # the row tile; beyond this cuBLAS is used
+MAX_ROWS = 32  # rows in one tile (16 or 32); beyond this cuBLAS is used
 
 
 @triton.jit
@@ -71,7 +71,7 @@ def skinny_mm(
     _skinny_mm((triton.cdiv(n, block_n),),
         x, weight, bias if bias is not None else weight, out, m, n, k,
         x.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
+        HAS_BIAS=bias is not None, BLOCK_M=16 if m <= 16 else 32, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=4, num_stages=num_stages,
     )  # fmt: skip
     return out

@@ -22,6 +22,9 @@ from graphpilot.runtime.kernels.launch import FastKernel
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
+SPLIT_WAVES = 4  # decode programs per SM to aim for (bench/bench_attention.py)
+# decode tiles (one query token per request), set from `bench/bench_attention.py --sweep-tiles`
+DECODE_TILE = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 
 
 @triton.jit
@@ -184,11 +187,16 @@ def _split_scratch(rows: int, head_dim: int, device: torch.device) -> tuple[torc
 
 
 def decode_splits(num_reqs: int, kv_heads: int, max_seq_len: int, num_sms: int, block_n: int = 64) -> int:
-    """Context splits per (request, KV head) so that a small decode batch still fills the GPU."""
+    """Context splits per (request, KV head): enough programs for a few per SM (measured on an H200,
+    `bench/bench_attention.py`: a batch-1 decode at 1024 tokens takes 6.4 us in 16 splits against
+    30 us unsplit); a batch that already fills the GPU splits long contexts in two at most."""
     programs = num_reqs * kv_heads
-    if programs >= num_sms:
+    target = SPLIT_WAVES * num_sms
+    if programs >= target:
         return 1
-    return max(1, min(-(-num_sms // programs), -(-max_seq_len // block_n), MAX_SPLITS))
+    if programs >= num_sms:
+        return min(2, -(-max_seq_len // (4 * block_n)))
+    return max(1, min(-(-target // programs), -(-max_seq_len // block_n), MAX_SPLITS))
 
 
 def paged_attention(
@@ -205,13 +213,14 @@ def paged_attention(
     scale: float,
     out: torch.Tensor | None = None,
     max_seq_len: int = 0,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """Attention of every query row over its request's cached context (its own K/V already stored).
 
     q: [n, heads, head_dim]; caches: [num_slots, kv_heads, head_dim]; block_tables: [reqs, max_pages];
     query_start: [reqs + 1]; seq_lens: [reqs] (context length after this forward);
     block_req, block_q0: [programs] from `context.schedule_query_blocks`; max_seq_len (host-known)
-    enables the split path for small decode batches. Returns [n, heads, head_dim].
+    enables the split path for small decode batches (`splits` overrides the choice). Returns [n, heads, head_dim].
     """
     heads, head_dim = q.shape[1], q.shape[2]
     kv_heads = k_cache.shape[1]
@@ -222,16 +231,18 @@ def paged_attention(
     if programs == 0:
         return out
     num_reqs = seq_lens.shape[0]
-    splits = decode_splits(num_reqs, kv_heads, max_seq_len, _sm_count(q.device)) if block_q == 1 else 1
+    if splits is None:
+        splits = decode_splits(num_reqs, kv_heads, max_seq_len, _sm_count(q.device)) if block_q == 1 else 1
     if splits > 1:
-        split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), 64) * 64
+        tile = DECODE_TILE["BLOCK_N"]
+        split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), tile) * tile
         splits = triton.cdiv(max_seq_len, split_len)
         part_acc, part_ml = _split_scratch(num_reqs * heads * splits, head_dim, q.device)
         _decode_split((num_reqs, kv_heads, splits),
             q, k_cache, v_cache, part_acc, part_ml, block_tables, query_start, seq_lens,
             q.stride(0), block_tables.stride(0), k_cache.stride(0), split_len, splits, scale * LOG2E,
             GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_M=max(16, triton.next_power_of_2(group)),
-            BLOCK_N=64, num_warps=4, num_stages=2,
+            **DECODE_TILE,
         )  # fmt: skip
         _combine_splits((num_reqs, heads),
             part_acc, part_ml, out, query_start, out.stride(0), heads, splits,
@@ -239,11 +250,14 @@ def paged_attention(
         )  # fmt: skip
         return out
     block_m = max(16, triton.next_power_of_2(block_q * group))
-    block_n = 64 if block_q == 1 else 32 if head_dim > 128 else 64
+    tile = (
+        DECODE_TILE
+        if block_q == 1
+        else {"BLOCK_N": 32 if head_dim > 128 else 64, "num_warps": 4, "num_stages": 2}
+    )
     _paged_attention((programs, kv_heads),
         q, k_cache, v_cache, out, block_tables, query_start, seq_lens, block_req, block_q0,
         q.stride(0), out.stride(0), block_tables.stride(0), k_cache.stride(0), scale * LOG2E,
-        GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=4, num_stages=2,
+        GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, **tile,
     )  # fmt: skip
     return out

@@ -1,7 +1,7 @@
 """Matrix multiplies of the model: cuBLAS, or the skinny Triton kernel where it measured faster.
 
-`GemmTable.tune` times both kernels on every distinct weight shape of the model for 1, 2, 4, 8 and
-16 rows, each as a CUDA graph of back-to-back calls (no launch overhead), and records where the
+`GemmTable.tune` times both kernels on every distinct weight shape of the model for 1, 2, 4, 8, 16 and
+32 rows, each as a CUDA graph of back-to-back calls (no launch overhead), and records where the
 skinny kernel (`runtime/kernels/gemm.py`) wins. `linear` then dispatches on (n, k, bias, rows rounded
 up to a power of two): the graph of a bucket and the eager forward of the same rows take the same
 kernel. Without a tuned table (CPU, tests, `gemm_backend="cublas"`) everything is torch.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-MAX_ROWS = 16  # the skinny kernel's row tile (kernels.gemm.MAX_ROWS)
+MAX_ROWS = 32  # the most rows the skinny kernel takes (kernels.gemm.MAX_ROWS)
 
 
 class GemmTable:

@@ -160,15 +160,19 @@ def test_rope_kv_store_and_paged_attention_match_reference(
 def test_small_decode_batches_split_the_context_to_fill_the_gpu() -> None:
     from graphpilot.runtime.kernels.paged_attention import decode_splits
 
-    assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=512, num_sms=132) == 8  # 64 programs
-    assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=4096, num_sms=132) == 17  # 136 programs
-    assert decode_splits(num_reqs=32, kv_heads=8, max_seq_len=4096, num_sms=132) == 1  # already full
+    assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=512, num_sms=132) == 8  # one key tile each
+    assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=4096, num_sms=132) == 32  # at most 32
+    assert decode_splits(num_reqs=4, kv_heads=8, max_seq_len=4096, num_sms=132) == 17  # 544 programs
+    assert decode_splits(num_reqs=32, kv_heads=8, max_seq_len=4096, num_sms=132) == 2  # full: long in two
+    assert decode_splits(num_reqs=32, kv_heads=8, max_seq_len=200, num_sms=132) == 1  # full and short
+    assert decode_splits(num_reqs=128, kv_heads=8, max_seq_len=4096, num_sms=132) == 1  # 4 per SM already
     assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=40, num_sms=132) == 1  # one key tile
 
 
 @pytest.mark.parametrize(("device", "dtype"), CASES)
 @pytest.mark.parametrize(
-    ("rows", "n", "k", "bias"), [(1, 200, 96, False), (5, 72, 320, True), (16, 40, 64, False)]
+    ("rows", "n", "k", "bias"),
+    [(1, 200, 96, False), (5, 72, 320, True), (16, 40, 64, False), (27, 48, 64, True)],
 )
 def test_skinny_mm_matches_torch(
     device: str, dtype: torch.dtype, rows: int, n: int, k: int, bias: bool
@@ -187,9 +191,9 @@ def test_gemm_table_routes_measured_shapes_to_the_skinny_kernel() -> None:
     w = torch.randn(1024, 2048, dtype=torch.bfloat16, device="cuda") / 45
     table = GemmTable()
     table.tune([(w, None)])
-    assert len(table.measured) == 5 and {m["rows"] for m in table.measured} == {1, 2, 4, 8, 16}
+    assert len(table.measured) == 6 and {m["rows"] for m in table.measured} == {1, 2, 4, 8, 16, 32}
     x = torch.randn(3, 2048, dtype=torch.bfloat16, device="cuda")
     chosen = table.lookup(x, w, None)
     assert (chosen is not None) == ((1024, 2048, False, 4) in table.skinny)
-    assert table.lookup(torch.randn(17, 2048, device="cuda"), w, None) is None  # beyond the row tile: cuBLAS
+    assert table.lookup(torch.randn(33, 2048, device="cuda"), w, None) is None  # beyond the row tile: cuBLAS
     _close(linear(x, w, table=table), F.linear(x, w), torch.bfloat16, ulps=2)

@@ -1,0 +1,105 @@
+"""Decode attention over the paged cache: time per call against the number of context splits; JSON.
+
+  python bench/bench_attention.py --out bench/results/attention-splits.json
+
+For decode batches of b requests at context c (qwen3 heads: 32 query / 8 KV heads of 128, pages of
+16), it times the paged attention kernel with the context split 1..16 ways (flash-decoding; a split
+adds the combine kernel), inside a CUDA graph of 20 calls, beside the split count `decode_splits`
+picks. The rule in `paged_attention.decode_splits` is set from this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from typing import Any
+
+import torch
+import triton
+from bench_gemm import time_us  # type: ignore[import-not-found]
+
+from graphpilot.runtime.engine.context import build_attention_metadata
+from graphpilot.runtime.kernels import paged_attention as pa
+from graphpilot.runtime.kernels.paged_attention import _sm_count, decode_splits, paged_attention
+
+
+def time_splits(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: Any, page: int, splits: int
+) -> float:
+    out = torch.empty_like(q)
+    return round(time_us(lambda: paged_attention(
+        q, k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens, meta.block_req,
+        meta.block_q0, meta.block_q, page, q.shape[-1] ** -0.5, out=out, max_seq_len=meta.max_seq_len,
+        splits=splits)), 2)  # fmt: skip
+
+
+def decode_batch(b: int, c: int, heads: int, kv_heads: int, page: int, dev: torch.device) -> tuple[Any, ...]:
+    pages = -(-c // page)
+    tables = [list(range(1 + i * pages, 1 + (i + 1) * pages)) for i in range(b)]
+    meta = build_attention_metadata([1] * b, [c] * b, tables, page, dev, paged_group=heads // kv_heads)
+    k_cache = torch.randn((b * pages + 1) * page, kv_heads, 128, dtype=torch.bfloat16, device=dev)
+    q = torch.randn(b, heads, 128, dtype=torch.bfloat16, device=dev)
+    return q, k_cache, torch.randn_like(k_cache), meta
+
+
+def sweep_tiles(heads: int, kv_heads: int, page: int, dev: torch.device) -> list[dict[str, Any]]:
+    """Decode tiles against each other at the split count the rule picks."""
+    default, rows = dict(pa.DECODE_TILE), []
+    for b, c in ((1, 512), (8, 512), (32, 512), (32, 1024), (64, 512)):
+        q, k_cache, v_cache, meta = decode_batch(b, c, heads, kv_heads, page, dev)
+        splits = decode_splits(b, kv_heads, c, _sm_count(dev))
+        times = {}
+        for block_n, warps, stages in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)):
+            pa.DECODE_TILE.update(BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+            try:
+                times[f"n{block_n}w{warps}s{stages}"] = time_splits(q, k_cache, v_cache, meta, page, splits)
+            except triton.runtime.errors.OutOfResources:
+                continue
+        pa.DECODE_TILE.update(default)
+        best = min(times, key=times.__getitem__)
+        rows.append({"batch": b, "context": c, "splits": splits, "us_by_tile": times, "best": best})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", default="1,4,8,16,32,64")
+    p.add_argument("--contexts", default="256,512,1024,2048")
+    p.add_argument("--splits", default="1,2,3,4,6,8,12,16")
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument(
+        "--sweep-tiles", action="store_true", help="also time decode tiles (BLOCK_N, warps, stages)"
+    )
+    p.add_argument("--out")
+    args = p.parse_args()
+    heads, kv_heads, page = args.heads, args.kv_heads, 16
+    dev = torch.device("cuda")
+    rows = []
+    for b in [int(x) for x in args.batches.split(",")]:
+        for c in [int(x) for x in args.contexts.split(",")]:
+            q, k_cache, v_cache, meta = decode_batch(b, c, heads, kv_heads, page, dev)
+            times = {
+                s: time_splits(q, k_cache, v_cache, meta, page, s) for s in map(int, args.splits.split(","))
+            }
+            best = min(times, key=times.__getitem__)
+            chosen = decode_splits(b, kv_heads, c, _sm_count(dev))
+            row = {"batch": b, "context": c, "us_by_splits": times, "best_splits": best, "best_us": times[best],
+                   "rule_splits": chosen, "rule_us": times.get(chosen)}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    result: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "sms": _sm_count(dev), "rows": rows}
+    if args.sweep_tiles:
+        result["tiles"] = sweep_tiles(heads, kv_heads, page, dev)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
