@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ class AttentionMetadata:
     block_q: int = 1
     page_size: int = 16
     max_seq_len: int = 0
+    plan: dict[Any, Any] = field(default_factory=dict)  # the step's bound kernel launches (paged_attention)
     # torch path (CPU, reference): per-request tensors
     kv_slots: list[torch.Tensor] = field(default_factory=list)  # per request: [context_len] slots
     prefill_reqs: list[int] = field(default_factory=list)  # requests with > 1 query token

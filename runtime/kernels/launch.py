@@ -7,12 +7,15 @@ the facts that can change between calls of one call site (pointer alignment, the
 the constexprs), computed with a few cheap operations, and then calls Triton's compiled launcher
 directly. The first call for a new key goes through Triton (which compiles) and fills the cache.
 Dtypes are fixed per call site (one engine, one dtype) and are part of the key only through the
-first call's compile. Set GRAPHPILOT_FAST_LAUNCH=0 to always take Triton's path.
+first call's compile. `bind` goes one step further for a launch repeated once per layer with only
+the layer's cache tensors changing (attention): it resolves everything once and returns a function
+of those tensors. Set GRAPHPILOT_FAST_LAUNCH=0 to always take Triton's path.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,8 +63,44 @@ class FastKernel:
         stream = torch._C._cuda_getCurrentRawStream(key[0])
         grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
         full = (*args, *constexprs)
-        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        enter, leave = _hooks()
         launch_metadata = kernel.launch_metadata(grid3, stream, *full) if enter is not None else None
         kernel.run(
             *grid3, stream, kernel.function, kernel.packed_metadata, launch_metadata, enter, leave, *full
         )
+
+    def bind(
+        self, grid: tuple[int, ...], swap: tuple[int, ...], *args: Any, **meta: Any
+    ) -> Callable[..., bool] | None:
+        """A launcher of this call with the arguments at positions `swap` replaced per call, on the
+        current stream; None where there is nothing compiled for it yet (call it once first).
+        The launcher returns False, launching nothing, for tensors of other alignment than `args`'."""
+        if not FAST_LAUNCH or not args[0].is_cuda or _hooks() != (None, None):
+            return None
+        key = self._key(args, meta)
+        hit = self._compiled.get(key)
+        if hit is None:
+            return None
+        kernel, constexprs = hit
+        stream = torch._C._cuda_getCurrentRawStream(key[0])
+        grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+        head = (*grid3, stream, kernel.function, kernel.packed_metadata, None, None, None)
+        full = [*args, *constexprs]
+        aligned = [args[i].data_ptr() & 15 == 0 for i in swap]
+
+        def launch(*tensors: torch.Tensor) -> bool:
+            for i, t, a in zip(swap, tensors, aligned, strict=True):
+                if (t.data_ptr() & 15 == 0) != a:
+                    return False
+                full[i] = t
+            kernel.run(*head, *full)
+            return True
+
+        return launch
+
+
+def _hooks() -> tuple[Any, Any]:
+    """Triton's launch enter/exit hooks, None where there are none (an empty hook chain would still
+    make every launch build its metadata and call into Python twice)."""
+    hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    return tuple(None if h is None or not getattr(h, "calls", True) else h for h in hooks)  # type: ignore[return-value]

@@ -14,6 +14,8 @@ a second small kernel combines them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -214,6 +216,7 @@ def paged_attention(
     out: torch.Tensor | None = None,
     max_seq_len: int = 0,
     splits: int | None = None,
+    plan: dict[tuple[int, ...], Callable[[torch.Tensor, torch.Tensor], bool]] | None = None,
 ) -> torch.Tensor:
     """Attention of every query row over its request's cached context (its own K/V already stored).
 
@@ -221,6 +224,9 @@ def paged_attention(
     query_start: [reqs + 1]; seq_lens: [reqs] (context length after this forward);
     block_req, block_q0: [programs] from `context.schedule_query_blocks`; max_seq_len (host-known)
     enables the split path for small decode batches (`splits` overrides the choice). Returns [n, heads, head_dim].
+
+    `plan`: a dict that lives for one step (the step's metadata). The first call binds its launches
+    there; the next layers' calls with the same q/out buffers only swap in their caches.
     """
     heads, head_dim = q.shape[1], q.shape[2]
     kv_heads = k_cache.shape[1]
@@ -230,6 +236,13 @@ def paged_attention(
     programs = block_req.shape[0]
     if programs == 0:
         return out
+    key = None
+    if plan is not None and q.is_cuda:
+        stream = torch._C._cuda_getCurrentRawStream(q.device.index)
+        key = (q.data_ptr(), out.data_ptr(), q.shape[0], stream, splits or 0)
+        bound = plan.get(key)
+        if bound is not None and bound(k_cache, v_cache):
+            return out
     num_reqs = seq_lens.shape[0]
     if splits is None:
         splits = decode_splits(num_reqs, kv_heads, max_seq_len, _sm_count(q.device)) if block_q == 1 else 1
@@ -238,16 +251,21 @@ def paged_attention(
         split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), tile) * tile
         splits = triton.cdiv(max_seq_len, split_len)
         part_acc, part_ml = _split_scratch(num_reqs * heads * splits, head_dim, q.device)
-        _decode_split((num_reqs, kv_heads, splits),
+        split_args = (
             q, k_cache, v_cache, part_acc, part_ml, block_tables, query_start, seq_lens,
             q.stride(0), block_tables.stride(0), k_cache.stride(0), split_len, splits, scale * LOG2E,
-            GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_M=max(16, triton.next_power_of_2(group)),
-            **DECODE_TILE,
         )  # fmt: skip
-        _combine_splits((num_reqs, heads),
-            part_acc, part_ml, out, query_start, out.stride(0), heads, splits,
-            HEAD_DIM=head_dim, SPLITS=MAX_SPLITS, num_warps=4,
-        )  # fmt: skip
+        split_meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size,
+                          BLOCK_M=max(16, triton.next_power_of_2(group)), **DECODE_TILE)  # fmt: skip
+        combine_args = (part_acc, part_ml, out, query_start, out.stride(0), heads, splits)
+        combine_meta = dict(HEAD_DIM=head_dim, SPLITS=MAX_SPLITS, num_warps=4)
+        _decode_split((num_reqs, kv_heads, splits), *split_args, **split_meta)
+        _combine_splits((num_reqs, heads), *combine_args, **combine_meta)
+        if key is not None and plan is not None:
+            split = _decode_split.bind((num_reqs, kv_heads, splits), (1, 2), *split_args, **split_meta)
+            combine = _combine_splits.bind((num_reqs, heads), (), *combine_args, **combine_meta)
+            if split is not None and combine is not None:
+                plan[key] = lambda kc, vc: split(kc, vc) and combine()
         return out
     block_m = max(16, triton.next_power_of_2(block_q * group))
     tile = (
@@ -255,9 +273,14 @@ def paged_attention(
         if block_q == 1
         else {"BLOCK_N": 32 if head_dim > 128 else 64, "num_warps": 4, "num_stages": 2}
     )
-    _paged_attention((programs, kv_heads),
+    args = (
         q, k_cache, v_cache, out, block_tables, query_start, seq_lens, block_req, block_q0,
         q.stride(0), out.stride(0), block_tables.stride(0), k_cache.stride(0), scale * LOG2E,
-        GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, **tile,
     )  # fmt: skip
+    meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, **tile)
+    _paged_attention((programs, kv_heads), *args, **meta)
+    if key is not None and plan is not None:
+        launch = _paged_attention.bind((programs, kv_heads), (1, 2), *args, **meta)
+        if launch is not None:
+            plan[key] = launch
     return out

@@ -52,6 +52,9 @@ class Attention(nn.Module):
         meta = get_forward_context().attn
         n = q.shape[0]
         q = q.view(n, self.num_heads, self.head_dim)
+        # a caller-owned output (the graph runner's boundary buffer) is the same every layer: its
+        # launches are bound once per step (the step's `plan`); a fresh one is never bound
+        plan = meta.plan if out is not None else None
         if out is None:
             out = torch.empty(n, self.num_heads * self.head_dim, dtype=q.dtype, device=q.device)
         out3 = out.view(n, self.num_heads, self.head_dim)
@@ -60,7 +63,7 @@ class Attention(nn.Module):
             paged_attention(
                 q, self.k_cache, self.v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
                 meta.block_req, meta.block_q0, meta.block_q, meta.page_size, self.scale, out=out3,
-                max_seq_len=meta.max_seq_len,
+                max_seq_len=meta.max_seq_len, plan=plan,
             )  # fmt: skip
         elif self.backend == "reference":
             self._reference(q, meta, out3)

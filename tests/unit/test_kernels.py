@@ -197,3 +197,41 @@ def test_gemm_table_routes_measured_shapes_to_the_skinny_kernel() -> None:
     assert (chosen is not None) == ((1024, 2048, False, 4) in table.skinny)
     assert table.lookup(torch.randn(33, 2048, device="cuda"), w, None) is None  # beyond the row tile: cuBLAS
     _close(linear(x, w, table=table), F.linear(x, w), torch.bfloat16, ulps=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("query_lens", "context_lens"),
+    [pytest.param([1], [700], id="decode-split"), pytest.param([1, 20, 1, 5], [9, 45, 2, 5], id="mixed")],
+)
+def test_step_plan_replays_the_first_layers_launch_with_each_layers_cache(
+    query_lens: list[int], context_lens: list[int]
+) -> None:
+    heads, kv_heads, d, page, k_cache, v_cache, tables, q, _, _ = _batch(
+        "cuda", torch.bfloat16, query_lens, context_lens
+    )
+    meta = build_attention_metadata(
+        query_lens, context_lens, tables, page, torch.device("cuda"), paged_group=heads // kv_heads
+    )
+    layers = [(k_cache, v_cache), (k_cache.flip(0).contiguous(), v_cache.flip(0).contiguous())]
+    n = q.shape[0]
+
+    def run(kc: torch.Tensor, vc: torch.Tensor, plan: dict | None) -> torch.Tensor:
+        out = torch.zeros(n, heads, d, dtype=q.dtype, device="cuda")
+        paged_attention(
+            q.view(n, heads, d), kc, vc, meta.block_tables, meta.query_start_loc, meta.seq_lens, meta.block_req,
+            meta.block_q0, meta.block_q, page, d**-0.5, out=out, max_seq_len=meta.max_seq_len, plan=plan,
+        )  # fmt: skip
+        return out
+
+    first = run(*layers[0], None)
+    plan: dict = {}
+    out = torch.zeros(n, heads, d, dtype=q.dtype, device="cuda")
+    for kc, vc in layers:  # same q/out buffers for every layer, as between graph segments
+        paged_attention(
+            q.view(n, heads, d), kc, vc, meta.block_tables, meta.query_start_loc, meta.seq_lens, meta.block_req,
+            meta.block_q0, meta.block_q, page, d**-0.5, out=out, max_seq_len=meta.max_seq_len, plan=plan,
+        )  # fmt: skip
+        assert torch.equal(out, run(kc, vc, None))
+    assert len(plan) == 1  # bound once, replayed for the second layer
+    assert not torch.equal(first, out)  # the second layer really read its own cache
