@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import triton
-from bench_gemm import time_us  # type: ignore[import-not-found]
+from bench_gemm import emit, time_us  # type: ignore[import-not-found]
 
 from graphpilot.runtime.engine.context import build_attention_metadata
 from graphpilot.runtime.kernels import paged_attention as pa
@@ -94,11 +94,7 @@ def main() -> None:
     result: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "sms": _sm_count(dev), "rows": rows}
     if args.sweep_tiles:
         result["tiles"] = sweep_tiles(heads, kv_heads, page, dev)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

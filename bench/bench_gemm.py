@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import sys
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 import triton
 
 from graphpilot.runtime.kernels.gemm import MAX_ROWS, skinny_config, skinny_mm
+from graphpilot.runtime.layers.linear import graph_us
 from graphpilot.runtime.models.presets import PRESETS
 
 
@@ -34,28 +34,18 @@ def weight_shapes(shape: str) -> dict[str, tuple[int, int]]:
     }  # fmt: skip
 
 
-def time_us(fn: Any, reps: int = 20, iters: int = 15) -> float:
+def time_us(fn: Any, reps: int = 20) -> float:
     """Median microseconds per call of `fn`, replayed `reps` times inside one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(1000 * a.elapsed_time(b) / reps)
-    return statistics.median(times)
+    return graph_us(fn, reps, iters=15)
+
+
+def emit(result: dict[str, Any], out: str | None) -> None:
+    """Print the result's JSON and write it to `out` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
 
 
 def main() -> None:
@@ -97,12 +87,7 @@ def main() -> None:
                 rows_out.append(row)
                 print(json.dumps(row), file=sys.stderr)
             del w
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows_out}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows_out}, args.out)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ class GemmTable:
             for (n, k, has_bias), (w, b) in seen.items():
                 x = torch.randn(rows, k, dtype=w.dtype, device=w.device)
                 out = torch.empty(rows, n, dtype=w.dtype, device=w.device)
-                cublas = _graph_us(lambda x=x, w=w, b=b, out=out: _torch_mm(x, w, b, out), reps)
-                cfg, ours = _fit(skinny_config(n, sms), x, w, b, out, reps)
+                cublas = graph_us(lambda x=x, w=w, b=b, out=out: _torch_mm(x, w, b, out), reps)
+                cfg, ours = _fit(skinny_mm, skinny_config(n, sms), x, w, b, out, reps)
                 if cfg is not None and ours < cublas:
                     self.skinny[(n, k, has_bias, rows)] = cfg
                 self.measured.append(
@@ -62,6 +62,7 @@ class GemmTable:
 
 
 def _fit(
+    kernel: Callable[..., torch.Tensor],
     cfg: tuple[int, int, int],
     x: torch.Tensor,
     w: torch.Tensor,
@@ -73,14 +74,12 @@ def _fit(
     tiles do not fit in this GPU's shared memory; (None, inf) when nothing fits."""
     from triton.runtime.errors import OutOfResources
 
-    from graphpilot.runtime.kernels.gemm import skinny_mm
-
     block_n, block_k0, stages0 = cfg
     for block_k in (block_k0, block_k0 // 2, block_k0 // 4):
         for stages in range(stages0, 1, -1):
             tried = (block_n, block_k, stages)
             try:
-                return tried, _graph_us(lambda tried=tried: skinny_mm(x, w, b, out, *tried), reps)
+                return tried, graph_us(lambda tried=tried: kernel(x, w, b, out, *tried), reps)
             except OutOfResources:
                 continue
     return None, float("inf")
@@ -92,7 +91,7 @@ def _torch_mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: tor
     return torch.addmm(b, x, w.t(), out=out)
 
 
-def _graph_us(fn: Callable[[], object], reps: int, iters: int = 5) -> float:
+def graph_us(fn: Callable[[], object], reps: int, iters: int = 5) -> float:
     """Median microseconds per call of `fn`, `reps` calls replayed as one CUDA graph."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
