@@ -8,8 +8,9 @@ decode) needs no separate path. The host lays out which (request, first query) e
 once per step (`engine.context.schedule_query_blocks`), so the grid has no empty programs.
 
 Decode-only batches too small to fill the GPU (a few requests x KV heads programs) split each
-request's context across programs instead (flash-decoding): each writes a partial softmax state and
-a second small kernel combines them.
+request's context across programs instead (flash-decoding): each writes a partial softmax state,
+and the last split of each (request, KV head) to finish (an atomic arrival counter) combines them
+in the same kernel, so a decode break is one launch.
 """
 
 from __future__ import annotations
@@ -105,9 +106,9 @@ _paged_attention = FastKernel(_paged_attention_kernel)
 
 @triton.jit(do_not_specialize=["stride_table", "split_len", "num_splits"])
 def _decode_split_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, part_acc_ptr, part_ml_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, part_ml_ptr, arrived_ptr,
     block_tables_ptr, query_start_ptr, seq_lens_ptr,
-    stride_q, stride_table, stride_slot, split_len, num_splits, scale_log2,
+    stride_q, stride_out, stride_table, stride_slot, split_len, num_splits, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -129,37 +130,39 @@ def _decode_split_kernel(
     acc, m_i, l_i = _attend(q, rows, table, k_cache_ptr, v_cache_ptr, stride_slot, kv_head * HEAD_DIM, lo, hi,
                             scale_log2, BLOCK_M, HEAD_DIM, PAGE, BLOCK_N, CAUSAL=False)  # fmt: skip
     # partial state per (request, head, split); an empty split leaves m = -inf, l = 0
-    part = (req * tl.num_programs(1) * GROUP + head).to(tl.int64) * num_splits + split
-    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
-    tl.store(part_ml_ptr + part * 2, m_i, mask=row_ok)
-    tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=row_ok)
+    first = (req * tl.num_programs(1) * GROUP + head).to(tl.int64) * num_splits
+    tl.store(part_acc_ptr + (first + split)[:, None] * HEAD_DIM + dims[None, :], acc, mask=row_ok[:, None])
+    tl.store(part_ml_ptr + (first + split) * 2, m_i, mask=row_ok)
+    tl.store(part_ml_ptr + (first + split) * 2 + 1, l_i, mask=row_ok)
+    # the last split of this (request, KV head) to arrive combines them all: no second kernel
+    tl.debug_barrier()  # every thread's partial stores come before the release below
+    arrived = arrived_ptr + req * tl.num_programs(1) + kv_head
+    if tl.atomic_add(arrived, 1, sem="acq_rel") == num_splits - 1:
+        m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        for s in range(0, num_splits):
+            m_s = tl.load(
+                part_ml_ptr + (first + s) * 2, mask=row_ok, other=float("-inf"), cache_modifier=".cg"
+            )
+            m_max = tl.maximum(m_max, m_s)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        l_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for s in range(0, num_splits):
+            m_s = tl.load(
+                part_ml_ptr + (first + s) * 2, mask=row_ok, other=float("-inf"), cache_modifier=".cg"
+            )
+            l_s = tl.load(part_ml_ptr + (first + s) * 2 + 1, mask=row_ok, other=0.0, cache_modifier=".cg")
+            w = tl.where(l_s > 0, tl.math.exp2(m_s - m_max), 0.0)
+            a_s = tl.load(part_acc_ptr + (first + s)[:, None] * HEAD_DIM + dims[None, :], mask=row_ok[:, None],
+                          other=0.0, cache_modifier=".cg")  # fmt: skip
+            acc += a_s * w[:, None]
+            l_sum += l_s * w
+        out = acc / tl.where(row_ok, l_sum, 1.0)[:, None]
+        tl.store(out_ptr + tok * stride_out + head[:, None] * HEAD_DIM + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])  # fmt: skip
+        tl.atomic_xchg(arrived, 0)  # ready for the next call
 
 
 _decode_split = FastKernel(_decode_split_kernel)
-
-
-@triton.jit(do_not_specialize=["num_splits"])
-def _combine_splits_kernel(
-    part_acc_ptr, part_ml_ptr, out_ptr, query_start_ptr, stride_out, num_heads, num_splits,
-    HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
-):  # fmt: skip
-    req = tl.program_id(0)
-    head = tl.program_id(1)
-    splits = tl.arange(0, SPLITS)
-    ok = splits < num_splits
-    part = (req * num_heads + head).to(tl.int64) * num_splits + splits
-    m = tl.load(part_ml_ptr + part * 2, mask=ok, other=float("-inf"))
-    l = tl.load(part_ml_ptr + part * 2 + 1, mask=ok, other=0.0)  # noqa: E741
-    m_max = tl.max(m, axis=0)
-    w = tl.where(ok & (l > 0), tl.math.exp2(m - m_max), 0.0)
-    dims = tl.arange(0, HEAD_DIM)
-    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM + dims[None, :], mask=ok[:, None], other=0.0)
-    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
-    tok = tl.load(query_start_ptr + req).to(tl.int64)
-    tl.store(out_ptr + tok * stride_out + head * HEAD_DIM + dims, out.to(out_ptr.dtype.element_ty))
-
-
-_combine_splits = FastKernel(_combine_splits_kernel)
 
 
 _SM_COUNT: dict[int, int] = {}
@@ -174,18 +177,23 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[index]
 
 
-_SCRATCH: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+_SCRATCH: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _split_scratch(rows: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Partial-softmax buffers for the split path, grown on demand and reused (no per-call allocation)."""
+def _split_scratch(
+    rows: int, head_dim: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Partial-softmax buffers and per-(request, KV head) arrival counters of the split path, grown
+    on demand and reused (no per-call allocation). The counters are zero between calls: the last
+    split to arrive resets its own."""
     key = (device, head_dim)
-    acc, ml = _SCRATCH.get(key, (None, None))
-    if acc is None or ml is None or acc.shape[0] < rows:
+    got = _SCRATCH.get(key)
+    if got is None or got[0].shape[0] < rows:
         acc = torch.empty(max(rows, 4096), head_dim, dtype=torch.float32, device=device)
         ml = torch.empty(acc.shape[0], 2, dtype=torch.float32, device=device)
-        _SCRATCH[key] = (acc, ml)
-    return acc, ml
+        arrived = torch.zeros(acc.shape[0], dtype=torch.int32, device=device)
+        got = _SCRATCH[key] = (acc, ml, arrived)
+    return got
 
 
 def decode_splits(num_reqs: int, kv_heads: int, max_seq_len: int, num_sms: int, block_n: int = 64) -> int:
@@ -250,22 +258,20 @@ def paged_attention(
         tile = DECODE_TILE["BLOCK_N"]
         split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), tile) * tile
         splits = triton.cdiv(max_seq_len, split_len)
-        part_acc, part_ml = _split_scratch(num_reqs * heads * splits, head_dim, q.device)
-        split_args = (
-            q, k_cache, v_cache, part_acc, part_ml, block_tables, query_start, seq_lens,
-            q.stride(0), block_tables.stride(0), k_cache.stride(0), split_len, splits, scale * LOG2E,
+        part_acc, part_ml, arrived = _split_scratch(num_reqs * heads * splits, head_dim, q.device)
+        grid = (num_reqs, kv_heads, splits)
+        args = (
+            q, k_cache, v_cache, out, part_acc, part_ml, arrived, block_tables, query_start, seq_lens,
+            q.stride(0), out.stride(0), block_tables.stride(0), k_cache.stride(0), split_len, splits,
+            scale * LOG2E,
         )  # fmt: skip
-        split_meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size,
-                          BLOCK_M=max(16, triton.next_power_of_2(group)), **DECODE_TILE)  # fmt: skip
-        combine_args = (part_acc, part_ml, out, query_start, out.stride(0), heads, splits)
-        combine_meta = dict(HEAD_DIM=head_dim, SPLITS=MAX_SPLITS, num_warps=4)
-        _decode_split((num_reqs, kv_heads, splits), *split_args, **split_meta)
-        _combine_splits((num_reqs, heads), *combine_args, **combine_meta)
+        meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size,
+                    BLOCK_M=max(16, triton.next_power_of_2(group)), **DECODE_TILE)  # fmt: skip
+        _decode_split(grid, *args, **meta)
         if key is not None and plan is not None:
-            split = _decode_split.bind((num_reqs, kv_heads, splits), (1, 2), *split_args, **split_meta)
-            combine = _combine_splits.bind((num_reqs, heads), (), *combine_args, **combine_meta)
-            if split is not None and combine is not None:
-                plan[key] = lambda kc, vc: split(kc, vc) and combine()
+            launch = _decode_split.bind(grid, (1, 2), *args, **meta)
+            if launch is not None:
+                plan[key] = launch
         return out
     block_m = max(16, triton.next_power_of_2(block_q * group))
     tile = (

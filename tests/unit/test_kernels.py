@@ -149,10 +149,13 @@ def test_rope_kv_store_and_paged_attention_match_reference(
         expected = ref(q)
     assert torch.equal(kc, ref.k_cache) and torch.equal(vc, ref.v_cache)
 
-    for _ in range(2):  # the second call takes the cached launch path on a GPU
-        out = paged_attention(
+    for _ in range(2):  # the second call takes the cached launch path on a GPU, and finds the split
+        # path's arrival counters reset by the first: every row is written again
+        out = torch.full((n, heads, d), float("nan"), dtype=dtype, device=dev)
+        paged_attention(
             q.view(n, heads, d), kc, vc, paged.block_tables, paged.query_start_loc, paged.seq_lens,
-            paged.block_req, paged.block_q0, paged.block_q, page, d**-0.5, max_seq_len=paged.max_seq_len,
+            paged.block_req, paged.block_q0, paged.block_q, page, d**-0.5, out=out,
+            max_seq_len=paged.max_seq_len,
         )  # fmt: skip
         _close(out.view(n, -1), expected, dtype, ulps=2)
 
