@@ -258,6 +258,7 @@ def paged_attention(
         tile = DECODE_TILE["BLOCK_N"]
         split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), tile) * tile
         splits = triton.cdiv(max_seq_len, split_len)
+        assert splits <= MAX_SPLITS, f"at most {MAX_SPLITS} context splits, got {splits}"
         part_acc, part_ml, arrived = _split_scratch(num_reqs * heads * splits, head_dim, q.device)
         grid = (num_reqs, kv_heads, splits)
         args = (
