@@ -97,3 +97,16 @@ def skinny_config(n: int, num_sms: int) -> tuple[int, int, int]:
     if block_n <= 32:
         return block_n, 512, 4 if block_n == 16 else 3
     return block_n, 256, 3
+
+
+def skinny_candidates(n: int, num_sms: int) -> list[tuple[int, int, int]]:
+    """Tile configurations `linear.GemmTable.tune` times for an [n, k] weight on this GPU: the rule's,
+    its BLOCK_N with other K tiles and depths, and half its BLOCK_N (the sweep's best per shape,
+    `bench/results/gemm-sweep.json`, was one of these; which one depends on the shape and the rows)."""
+    rule = skinny_config(n, num_sms)
+    out = [rule]
+    narrower = (max(16, rule[0] // 2), rule[1], rule[2])
+    for cfg in ((rule[0], 512, 3), (rule[0], 512, 4), (rule[0], 256, 4), narrower):
+        if cfg not in out:
+            out.append(cfg)
+    return out

@@ -1,8 +1,9 @@
 """Matrix multiplies of the model: cuBLAS, or the skinny Triton kernel where it measured faster.
 
-`GemmTable.tune` times both kernels on every distinct weight shape of the model for 1, 2, 4, 8, 16 and
-32 rows, each as a CUDA graph of back-to-back calls (no launch overhead), and records where the
-skinny kernel (`runtime/kernels/gemm.py`) wins. `linear` then dispatches on (n, k, bias, rows rounded
+`GemmTable.tune` times cuBLAS and a few tile configurations of the skinny kernel
+(`runtime/kernels/gemm.py`, `skinny_candidates`) on every distinct weight shape of the model for 1, 2,
+4, 8, 16 and 32 rows, each as a CUDA graph of back-to-back calls (no launch overhead), and records
+where the fastest skinny configuration beats cuBLAS. `linear` then dispatches on (n, k, bias, rows rounded
 up to a power of two): the graph of a bucket and the eager forward of the same rows take the same
 kernel. Without a tuned table (CPU, tests, `gemm_backend="cublas"`) everything is torch.
 """
@@ -37,11 +38,12 @@ class GemmTable:
 
     @torch.inference_mode()
     def tune(self, weights: list[tuple[torch.Tensor, torch.Tensor | None]], reps: int = 10) -> None:
-        """Time both kernels on each distinct weight shape of the model for 1..MAX_ROWS rows."""
+        """Time cuBLAS and the skinny kernel's candidate tiles on each distinct weight shape of the
+        model for 1..MAX_ROWS rows."""
         seen: dict[tuple[int, int, bool], tuple[torch.Tensor, torch.Tensor | None]] = {}
         for w, b in weights:
             seen.setdefault((w.shape[0], w.shape[1], b is not None), (w, b))
-        from graphpilot.runtime.kernels.gemm import num_sms, skinny_config, skinny_mm
+        from graphpilot.runtime.kernels.gemm import num_sms, skinny_candidates, skinny_mm
 
         self.kernel = skinny_mm
         sms = num_sms(next(iter(seen.values()))[0].device)
@@ -51,12 +53,16 @@ class GemmTable:
                 x = torch.randn(rows, k, dtype=w.dtype, device=w.device)
                 out = torch.empty(rows, n, dtype=w.dtype, device=w.device)
                 cublas = graph_us(lambda x=x, w=w, b=b, out=out: _torch_mm(x, w, b, out), reps)
-                cfg, ours = _fit(skinny_mm, skinny_config(n, sms), x, w, b, out, reps)
+                cfg, ours = None, float("inf")
+                for candidate in skinny_candidates(n, sms):
+                    fitted, us = _fit(skinny_mm, candidate, x, w, b, out, reps)
+                    if us < ours:
+                        cfg, ours = fitted, us
                 if cfg is not None and ours < cublas:
                     self.skinny[(n, k, has_bias, rows)] = cfg
                 self.measured.append(
                     {"n": n, "k": k, "bias": has_bias, "rows": rows, "cublas_us": round(cublas, 2),
-                     "skinny_us": round(ours, 2)}
+                     "skinny_us": round(ours, 2), "skinny_config": "{}x{}s{}".format(*cfg) if cfg else None}
                 )  # fmt: skip
             rows *= 2
 
