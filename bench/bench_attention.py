@@ -4,8 +4,9 @@
 
 For decode batches of b requests at context c (qwen3 heads: 32 query / 8 KV heads of 128, pages of
 16), it times the paged attention kernel with the context split 1..16 ways (flash-decoding; the last
-split of each request and KV head to finish combines them), inside a CUDA graph of 20 calls, beside the split count `decode_splits`
-picks. The rule in `paged_attention.decode_splits` is set from this table.
+split of each request and KV head to finish combines them), inside a CUDA graph of 20 calls, beside
+the split count `decode_splits` picks. The rule in `paged_attention.decode_splits` is set from this
+table.
 """
 
 from __future__ import annotations
