@@ -5,8 +5,8 @@
 For decode batches of b requests at context c (qwen3 heads: 32 query / 8 KV heads of 128, pages of
 16), it times the paged attention kernel with the context split 1..16 ways (flash-decoding; the last
 split of each request and KV head to finish combines them), inside a CUDA graph of 20 calls, beside
-the split count `decode_splits` picks. The rule in `paged_attention.decode_splits` is set from this
-table.
+the split count `decode_splits` picks. The rule in `paged_attention.decode_splits` and the tiles
+(`--sweep-tiles`) are set from this table.
 """
 
 from __future__ import annotations
@@ -46,19 +46,21 @@ def decode_batch(b: int, c: int, heads: int, kv_heads: int, page: int, dev: torc
 
 
 def sweep_tiles(heads: int, kv_heads: int, page: int, dev: torch.device) -> list[dict[str, Any]]:
-    """Decode tiles against each other at the split count the rule picks."""
-    default, rows = dict(pa.DECODE_TILE), []
+    """Decode tiles against each other at the split count the rule picks (`SPLIT_TILE` where it
+    splits, `DECODE_TILE` where it does not)."""
+    rows = []
     for b, c in ((1, 512), (8, 512), (32, 512), (32, 1024), (64, 512)):
         q, k_cache, v_cache, meta = decode_batch(b, c, heads, kv_heads, page, dev)
         splits = decode_splits(b, kv_heads, c, _sm_count(dev))
-        times = {}
-        for block_n, warps, stages in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4)):
-            pa.DECODE_TILE.update(BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+        tile = pa.SPLIT_TILE if splits > 1 else pa.DECODE_TILE
+        default, times = dict(tile), {}
+        for block_n, warps, stages in itertools.product((32, 64, 128), (2, 4, 8), (1, 2, 3)):
+            tile.update(BLOCK_N=block_n, num_warps=warps, num_stages=stages)
             try:
                 times[f"n{block_n}w{warps}s{stages}"] = time_splits(q, k_cache, v_cache, meta, page, splits)
             except triton.runtime.errors.OutOfResources:
                 continue
-        pa.DECODE_TILE.update(default)
+        tile.update(default)
         best = min(times, key=times.__getitem__)
         rows.append({"batch": b, "context": c, "splits": splits, "us_by_tile": times, "best": best})
         print(json.dumps(rows[-1]), file=sys.stderr)

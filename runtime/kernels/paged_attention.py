@@ -26,8 +26,11 @@ from graphpilot.runtime.kernels.launch import FastKernel
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
 SPLIT_WAVES = 4  # decode programs per SM to aim for (bench/bench_attention.py)
-# decode tiles (one query token per request), set from `bench/bench_attention.py --sweep-tiles`
-DECODE_TILE = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+# decode tiles (one query token per request), set from `bench/bench_attention.py --sweep-tiles`:
+# the split path (a few programs per SM at most: no pipelining, so more of them fit) and the
+# unsplit path of batches that fill the GPU
+SPLIT_TILE = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+DECODE_TILE = {"BLOCK_N": 128, "num_warps": 4, "num_stages": 2}
 
 
 @triton.jit
@@ -36,18 +39,25 @@ def _attend(
     BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
 ):  # fmt: skip
-    """Online softmax of q's rows over keys [lo, hi) of one request and KV head: (acc, m, l)."""
+    """Online softmax of q's rows over keys [lo, hi) of one request and KV head: (acc, m, l).
+
+    Few programs run per SM in decode, so each key tile's latency is paid in full: the tile's page
+    numbers are read one tile ahead, and its V gather is issued together with its K gather."""
     dims = tl.arange(0, HEAD_DIM)
+    offs = tl.arange(0, BLOCK_N)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    page = tl.load(table + (lo + offs) // PAGE, mask=lo + offs < hi, other=0)
     for start in range(lo, hi, BLOCK_N):
-        k_pos = start + tl.arange(0, BLOCK_N)
+        k_pos = start + offs
         k_ok = k_pos < hi
-        page = tl.load(table + k_pos // PAGE, mask=k_ok, other=0).to(tl.int64)
-        slot = page * PAGE + k_pos % PAGE
+        slot = page.to(tl.int64) * PAGE + k_pos % PAGE
         k = tl.load(k_cache_ptr + slot[None, :] * stride_slot + head_off + dims[:, None],
                     mask=k_ok[None, :], other=0.0)  # fmt: skip
+        v = tl.load(v_cache_ptr + slot[:, None] * stride_slot + head_off + dims[None, :],
+                    mask=k_ok[:, None], other=0.0)  # fmt: skip
+        page = tl.load(table + (k_pos + BLOCK_N) // PAGE, mask=k_pos + BLOCK_N < hi, other=0)
         s = tl.dot(q, k) * scale_log2  # [BLOCK_M, BLOCK_N], log2 domain
         visible = k_ok[None, :]
         if CAUSAL:
@@ -57,8 +67,6 @@ def _attend(
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache_ptr + slot[:, None] * stride_slot + head_off + dims[None, :],
-                    mask=k_ok[:, None], other=0.0)  # fmt: skip
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     return acc, m_i, l_i
@@ -110,7 +118,7 @@ def _decode_split_kernel(
     block_tables_ptr, query_start_ptr, seq_lens_ptr,
     stride_q, stride_out, stride_table, stride_slot, split_len, num_splits, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, GROUP_P2: tl.constexpr, COMBINE_UNROLL: tl.constexpr,
 ):  # fmt: skip
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -138,27 +146,34 @@ def _decode_split_kernel(
     tl.debug_barrier()  # every thread's partial stores come before the release below
     arrived = arrived_ptr + req * tl.num_programs(1) + kv_head
     if tl.atomic_add(arrived, 1, sem="acq_rel") == num_splits - 1:
-        m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        for s in range(0, num_splits):
-            m_s = tl.load(
-                part_ml_ptr + (first + s) * 2, mask=row_ok, other=float("-inf"), cache_modifier=".cg"
-            )
-            m_max = tl.maximum(m_max, m_s)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        l_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for s in range(0, num_splits):
-            m_s = tl.load(
-                part_ml_ptr + (first + s) * 2, mask=row_ok, other=float("-inf"), cache_modifier=".cg"
-            )
-            l_s = tl.load(part_ml_ptr + (first + s) * 2 + 1, mask=row_ok, other=0.0, cache_modifier=".cg")
-            w = tl.where(l_s > 0, tl.math.exp2(m_s - m_max), 0.0)
-            a_s = tl.load(part_acc_ptr + (first + s)[:, None] * HEAD_DIM + dims[None, :], mask=row_ok[:, None],
-                          other=0.0, cache_modifier=".cg")  # fmt: skip
-            acc += a_s * w[:, None]
-            l_sum += l_s * w
-        out = acc / tl.where(row_ok, l_sum, 1.0)[:, None]
-        tl.store(out_ptr + tok * stride_out + head[:, None] * HEAD_DIM + dims[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])  # fmt: skip
+        # COMBINE_UNROLL splits at a time, unrolled, so their loads are in flight together
+        g = tl.arange(0, GROUP_P2)
+        g_ok = g < GROUP
+        c_head = kv_head * GROUP + g
+        c_first = (req * tl.num_programs(1) * GROUP + c_head).to(tl.int64) * num_splits
+        m_run = tl.full([GROUP_P2], float("-inf"), dtype=tl.float32)
+        l_run = tl.zeros([GROUP_P2], dtype=tl.float32)
+        c_acc = tl.zeros([GROUP_P2, HEAD_DIM], dtype=tl.float32)
+        for s0 in range(0, num_splits, COMBINE_UNROLL):
+            for i in tl.static_range(COMBINE_UNROLL):
+                s = s0 + i
+                live = g_ok & (g * 0 + s < num_splits)  # a tensor compare, also in the interpreter
+                m_s = tl.load(
+                    part_ml_ptr + (c_first + s) * 2, mask=live, other=float("-inf"), cache_modifier=".cg"
+                )
+                l_s = tl.load(part_ml_ptr + (c_first + s) * 2 + 1, mask=live, other=0.0, cache_modifier=".cg")
+                a_s = tl.load(part_acc_ptr + (c_first + s)[:, None] * HEAD_DIM + dims[None, :],
+                              mask=live[:, None], other=0.0, cache_modifier=".cg")  # fmt: skip
+                m_new = tl.maximum(m_run, m_s)
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # both empty so far: weights 0, not NaN
+                alpha = tl.math.exp2(m_run - m_ref)
+                beta = tl.math.exp2(m_s - m_ref)
+                c_acc = c_acc * alpha[:, None] + a_s * beta[:, None]
+                l_run = l_run * alpha + l_s * beta
+                m_run = m_new
+        out = c_acc / tl.where(g_ok, l_run, 1.0)[:, None]
+        tl.store(out_ptr + tok * stride_out + c_head[:, None] * HEAD_DIM + dims[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])  # fmt: skip
         tl.atomic_xchg(arrived, 0)  # ready for the next call
 
 
@@ -201,11 +216,9 @@ def decode_splits(num_reqs: int, kv_heads: int, max_seq_len: int, num_sms: int, 
     `bench/bench_attention.py`: a batch-1 decode at 1024 tokens takes 6.4 us in 16 splits against
     30 us unsplit); a batch that already fills the GPU splits long contexts in two at most."""
     programs = num_reqs * kv_heads
-    target = SPLIT_WAVES * num_sms
-    if programs >= target:
-        return 1
     if programs >= num_sms:
-        return min(2, -(-max_seq_len // (4 * block_n)))
+        return 1
+    target = SPLIT_WAVES * num_sms
     return max(1, min(-(-target // programs), -(-max_seq_len // block_n), MAX_SPLITS))
 
 
@@ -255,7 +268,7 @@ def paged_attention(
     if splits is None:
         splits = decode_splits(num_reqs, kv_heads, max_seq_len, _sm_count(q.device)) if block_q == 1 else 1
     if splits > 1:
-        tile = DECODE_TILE["BLOCK_N"]
+        tile = SPLIT_TILE["BLOCK_N"]
         split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), tile) * tile
         splits = triton.cdiv(max_seq_len, split_len)
         assert splits <= MAX_SPLITS, f"at most {MAX_SPLITS} context splits, got {splits}"
@@ -266,8 +279,8 @@ def paged_attention(
             q.stride(0), out.stride(0), block_tables.stride(0), k_cache.stride(0), split_len, splits,
             scale * LOG2E,
         )  # fmt: skip
-        meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size,
-                    BLOCK_M=max(16, triton.next_power_of_2(group)), **DECODE_TILE)  # fmt: skip
+        meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_M=max(16, triton.next_power_of_2(group)),
+                    **SPLIT_TILE, GROUP_P2=triton.next_power_of_2(group), COMBINE_UNROLL=8)  # fmt: skip
         _decode_split(grid, *args, **meta)
         if key is not None and plan is not None:
             launch = _decode_split.bind(grid, (1, 2), *args, **meta)

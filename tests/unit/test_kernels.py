@@ -166,8 +166,7 @@ def test_small_decode_batches_split_the_context_to_fill_the_gpu() -> None:
     assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=512, num_sms=132) == 8  # one key tile each
     assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=4096, num_sms=132) == 32  # at most 32
     assert decode_splits(num_reqs=4, kv_heads=8, max_seq_len=4096, num_sms=132) == 17  # 544 programs
-    assert decode_splits(num_reqs=32, kv_heads=8, max_seq_len=4096, num_sms=132) == 2  # full: long in two
-    assert decode_splits(num_reqs=32, kv_heads=8, max_seq_len=200, num_sms=132) == 1  # full and short
+    assert decode_splits(num_reqs=32, kv_heads=8, max_seq_len=4096, num_sms=132) == 1  # a program per SM
     assert decode_splits(num_reqs=128, kv_heads=8, max_seq_len=4096, num_sms=132) == 1  # 4 per SM already
     assert decode_splits(num_reqs=1, kv_heads=8, max_seq_len=40, num_sms=132) == 1  # one key tile
 
