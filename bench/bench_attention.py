@@ -23,7 +23,8 @@ from bench_gemm import emit, time_us  # type: ignore[import-not-found]
 
 from graphpilot.runtime.engine.context import build_attention_metadata
 from graphpilot.runtime.kernels import paged_attention as pa
-from graphpilot.runtime.kernels.paged_attention import _sm_count, decode_splits, paged_attention
+from graphpilot.runtime.kernels.launch import num_sms
+from graphpilot.runtime.kernels.paged_attention import decode_splits, paged_attention
 
 
 def time_splits(
@@ -51,7 +52,7 @@ def sweep_tiles(heads: int, kv_heads: int, page: int, dev: torch.device) -> list
     rows = []
     for b, c in ((1, 512), (8, 512), (32, 512), (32, 1024), (64, 512)):
         q, k_cache, v_cache, meta = decode_batch(b, c, heads, kv_heads, page, dev)
-        splits = decode_splits(b, kv_heads, c, _sm_count(dev))
+        splits = decode_splits(b, kv_heads, c, num_sms(dev))
         tile = pa.SPLIT_TILE if splits > 1 else pa.DECODE_TILE
         default, times = dict(tile), {}
         for block_n, warps, stages in itertools.product((32, 64, 128), (2, 4, 8), (1, 2, 3)):
@@ -89,12 +90,12 @@ def main() -> None:
                 s: time_splits(q, k_cache, v_cache, meta, page, s) for s in map(int, args.splits.split(","))
             }
             best = min(times, key=times.__getitem__)
-            chosen = decode_splits(b, kv_heads, c, _sm_count(dev))
+            chosen = decode_splits(b, kv_heads, c, num_sms(dev))
             row = {"batch": b, "context": c, "us_by_splits": times, "best_splits": best, "best_us": times[best],
                    "rule_splits": chosen, "rule_us": times.get(chosen)}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    result: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "sms": _sm_count(dev), "rows": rows}
+    result: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "sms": num_sms(dev), "rows": rows}
     if args.sweep_tiles:
         result["tiles"] = sweep_tiles(heads, kv_heads, page, dev)
     emit(result, args.out)

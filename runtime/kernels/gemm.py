@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from graphpilot.runtime.kernels.launch import FastKernel
+from graphpilot.runtime.kernels.launch import FastKernel, num_sms
 
 MAX_ROWS = 32  # rows in one tile (16 or 32); beyond this cuBLAS is used
 
@@ -75,12 +75,6 @@ def skinny_mm(
         num_warps=4, num_stages=num_stages,
     )  # fmt: skip
     return out
-
-
-def num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8  # Triton's CPU interpreter (tests)
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def skinny_config(n: int, num_sms: int) -> tuple[int, int, int]:

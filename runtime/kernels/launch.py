@@ -104,3 +104,16 @@ def _hooks() -> tuple[Any, Any]:
     make every launch build its metadata and call into Python twice)."""
     hooks = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
     return tuple(None if h is None or not getattr(h, "calls", True) else h for h in hooks)  # type: ignore[return-value]
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`, cached (kernels size their grids by it every step)."""
+    if device.type != "cuda":
+        return 32  # Triton's CPU interpreter (tests): a small GPU, so both decode attention paths run
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]

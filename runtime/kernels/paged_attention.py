@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from graphpilot.runtime.kernels.launch import FastKernel
+from graphpilot.runtime.kernels.launch import FastKernel, num_sms
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 32
@@ -180,18 +180,6 @@ def _decode_split_kernel(
 _decode_split = FastKernel(_decode_split_kernel)
 
 
-_SM_COUNT: dict[int, int] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 32  # Triton's CPU interpreter (tests): a small GPU, so both decode paths run
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
-
-
 _SCRATCH: dict[tuple[torch.device, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
@@ -267,7 +255,7 @@ def paged_attention(
             return out
     num_reqs = seq_lens.shape[0]
     if splits is None:
-        splits = decode_splits(num_reqs, kv_heads, max_seq_len, _sm_count(q.device)) if block_q == 1 else 1
+        splits = decode_splits(num_reqs, kv_heads, max_seq_len, num_sms(q.device)) if block_q == 1 else 1
     if splits > 1:
         tile = SPLIT_TILE["BLOCK_N"]
         split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), tile) * tile

@@ -43,7 +43,8 @@ class GemmTable:
         seen: dict[tuple[int, int, bool], tuple[torch.Tensor, torch.Tensor | None]] = {}
         for w, b in weights:
             seen.setdefault((w.shape[0], w.shape[1], b is not None), (w, b))
-        from graphpilot.runtime.kernels.gemm import num_sms, skinny_candidates, skinny_mm
+        from graphpilot.runtime.kernels.gemm import skinny_candidates, skinny_mm
+        from graphpilot.runtime.kernels.launch import num_sms
 
         self.kernel = skinny_mm
         sms = num_sms(next(iter(seen.values()))[0].device)
