@@ -37,10 +37,13 @@ def time_splits(
         splits=splits)), 2)  # fmt: skip
 
 
-def decode_batch(b: int, c: int, heads: int, kv_heads: int, page: int, dev: torch.device) -> tuple[Any, ...]:
-    pages = -(-c // page)
-    tables = [list(range(1 + i * pages, 1 + (i + 1) * pages)) for i in range(b)]
-    meta = build_attention_metadata([1] * b, [c] * b, tables, page, dev, paged_group=heads // kv_heads)
+def decode_batch(
+    b: int, c: int | list[int], heads: int, kv_heads: int, page: int, dev: torch.device
+) -> tuple[Any, ...]:
+    contexts = c if isinstance(c, list) else [c] * b
+    pages = -(-max(contexts) // page)
+    tables = [list(range(1 + i * pages, 1 + i * pages + -(-ci // page))) for i, ci in enumerate(contexts)]
+    meta = build_attention_metadata([1] * b, contexts, tables, page, dev, paged_group=heads // kv_heads)
     k_cache = torch.randn((b * pages + 1) * page, kv_heads, 128, dtype=torch.bfloat16, device=dev)
     q = torch.randn(b, heads, 128, dtype=torch.bfloat16, device=dev)
     return q, k_cache, torch.randn_like(k_cache), meta
@@ -68,6 +71,47 @@ def sweep_tiles(heads: int, kv_heads: int, page: int, dev: torch.device) -> list
     return rows
 
 
+def workload_contexts(b: int, seed: int = 0) -> list[int]:
+    """Decode contexts as in the mgsm-like workload's steady state: a 64..512-token prompt plus
+    0..255 generated tokens, different for every request."""
+    g = torch.Generator().manual_seed(seed)
+    return [int(torch.randint(64, 513, (1,), generator=g)) + int(torch.randint(0, 256, (1,), generator=g))
+            for _ in range(b)]  # fmt: skip
+
+
+def sweep_workload(heads: int, kv_heads: int, page: int, dev: torch.device) -> list[dict[str, Any]]:
+    """Split counts and tiles at the workload's uneven contexts: the longest request sets the
+    unsplit kernel's time, splitting evens the programs out."""
+    rows = []
+    for b in (16, 32, 64):
+        contexts = workload_contexts(b)
+        q, k_cache, v_cache, meta = decode_batch(b, contexts, heads, kv_heads, page, dev)
+        times = {}
+        for splits in (1, 2, 3, 4, 6, 8):
+            tile = pa.SPLIT_TILE if splits > 1 else pa.DECODE_TILE
+            default = dict(tile)
+            for block_n, warps, stages in itertools.product((32, 64, 128), (4,), (1, 2, 3)):
+                tile.update(BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+                try:
+                    times[f"x{splits}n{block_n}w{warps}s{stages}"] = time_splits(
+                        q, k_cache, v_cache, meta, page, splits
+                    )
+                except triton.runtime.errors.OutOfResources:
+                    continue
+            tile.update(default)
+        best = min(times, key=times.__getitem__)
+        chosen = decode_splits(b, kv_heads, max(contexts), num_sms(dev))
+        rule = time_splits(q, k_cache, v_cache, meta, page, chosen)
+        kv_bytes = sum(contexts) * kv_heads * 128 * 2 * 2
+        rows.append({"batch": b, "contexts": contexts, "kv_bytes": kv_bytes, "us_by_config": times,
+                     "best": best, "best_us": times[best], "rule_splits": chosen, "rule_us": rule})  # fmt: skip
+        print(
+            json.dumps({k: v for k, v in rows[-1].items() if k not in ("contexts", "us_by_config")}),
+            file=sys.stderr,
+        )
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", default="1,4,8,16,32,64")
@@ -78,12 +122,14 @@ def main() -> None:
     p.add_argument(
         "--sweep-tiles", action="store_true", help="also time decode tiles (BLOCK_N, warps, stages)"
     )
+    p.add_argument("--workload", action="store_true",
+                   help="also time splits and tiles at the mgsm-like workload's uneven contexts")  # fmt: skip
     p.add_argument("--out")
     args = p.parse_args()
     heads, kv_heads, page = args.heads, args.kv_heads, 16
     dev = torch.device("cuda")
     rows = []
-    for b in [int(x) for x in args.batches.split(",")]:
+    for b in [int(x) for x in args.batches.split(",") if x]:
         for c in [int(x) for x in args.contexts.split(",")]:
             q, k_cache, v_cache, meta = decode_batch(b, c, heads, kv_heads, page, dev)
             times = {
@@ -98,6 +144,8 @@ def main() -> None:
     result: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "sms": num_sms(dev), "rows": rows}
     if args.sweep_tiles:
         result["tiles"] = sweep_tiles(heads, kv_heads, page, dev)
+    if args.workload:
+        result["workload"] = sweep_workload(heads, kv_heads, page, dev)
     emit(result, args.out)
 
 

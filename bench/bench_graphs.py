@@ -32,10 +32,14 @@ from graphpilot.runtime.models.presets import init_model
 
 
 def make_engine(model_dir: str, backend: str, concurrency: int, args: argparse.Namespace) -> Engine:
-    # e.g. cuda+sync: async scheduling off; cuda+cublas: cuBLAS for every matrix multiply
+    # e.g. cuda+sync: async scheduling off; cuda+cublas: cuBLAS for every matrix multiply; cuda+nocap:
+    # a step with decodes takes prefill chunks up to max_num_batched_tokens (no mixed-step budget);
+    # cuda+cap256: a mixed-step budget of 256 tokens instead of the measured one
     graph_backend, *modes = backend.split("+")
+    mixed = next((int(m[3:]) for m in modes if m.startswith("cap")), None)
     return Engine(EngineConfig(
         model=model_dir, load_format="dummy", graph_backend=graph_backend, max_running_requests=concurrency,
+        mixed_step_tokens=args.max_num_batched_tokens if "nocap" in modes else mixed,
         async_scheduling=False if "sync" in modes else None, gemm_backend="cublas" if "cublas" in modes else "auto",
         max_num_batched_tokens=args.max_num_batched_tokens, mem_fraction_static=args.mem_fraction_static,
         attention_backend=args.attention, progress=False,
@@ -61,6 +65,7 @@ def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> d
     outs = engine.generate(prompts, params)
     seconds = time.perf_counter() - start
     w = engine.step_log.window(cursor)
+    step_ms = sorted(1000 * r.forward_seconds for r in engine.step_log.records(cursor))
     generated = sum(len(o.token_ids) for o in outs)
     return {
         "num_requests": num_requests, "output_tokens": generated, "seconds": round(seconds, 3),
@@ -69,6 +74,9 @@ def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> d
         "replays": sum(w.replays.values()), "rejects": w.rejects, "padded_tokens": w.padded_tokens,
         "graph_tokens": w.graph_tokens, "eager_tokens": w.eager_tokens,
         "mean_step_ms": round(1000 * w.forward_seconds / max(1, w.cursor - w.since), 3),
+        # what a running stream waits between tokens: a long step is a prefill chunk stalling it
+        "p50_step_ms": round(step_ms[len(step_ms) // 2], 3), "p99_step_ms": round(step_ms[int(0.99 * (len(step_ms) - 1))], 3),
+        "max_step_ms": round(step_ms[-1], 3), "mixed_step_tokens": engine.scheduler.mixed_step_tokens,
     }  # fmt: skip
 
 
@@ -76,7 +84,10 @@ def decode_step_ms(engine: Engine, batch: int, prompt_len: int = 256, steps: int
     """Median wall time of one engine step (schedule, forward, logits, sampling) decoding `batch` requests."""
     params = SamplingParams(max_tokens=steps + 16, temperature=0.0, ignore_eos=True)
     ids = [engine.add_request(list(range(100 + i, 100 + i + prompt_len)), params) for i in range(batch)]
-    for _ in range(8):  # prefill, then a few decode steps to warm up
+    reqs = [engine.requests[rid] for rid in ids]
+    while not all(r.output_token_ids for r in reqs):  # prefill (chunked), until every request decodes
+        engine.step()
+    for _ in range(4):  # a few decode steps to warm up
         engine.step()
     # consecutive step returns, no extra synchronisation: a synchronous step waits for its tokens
     # anyway, and an async one must be free to overlap the next
@@ -165,7 +176,9 @@ def main() -> None:
     p.add_argument("--shape", default="qwen3-0.6b")
     p.add_argument("--runs", default="cuda:32,off:32,hf:32",
                    help="backend:concurrency, in order; +sync: async scheduling off; +cublas: cuBLAS for "
-                        "every matrix multiply; hf: transformers' continuous batching")  # fmt: skip
+                        "every matrix multiply; +nocap: no mixed-step token budget; +capN: a budget of N tokens; "
+                        "hf: transformers' "
+                        "continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
     p.add_argument("--num-requests", type=int, default=200, help="at concurrency > 1")

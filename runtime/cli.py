@@ -51,6 +51,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-running-requests", type=int, default=256)
+    p.add_argument("--mixed-step-tokens", type=int,
+                   help="token budget of a step that also decodes (default: measured from the captured "
+                        "graphs on CUDA, where a step starts to cost more than a decode step; no cap on CPU)")  # fmt: skip
     p.add_argument("--mem-fraction-static", type=float, default=0.85)
     p.add_argument("--max-total-tokens", type=int, help="KV cache size in tokens (default: from memory)")
     p.add_argument("--graph-backend", default="auto", choices=["auto", "cuda", "eager", "off"])
@@ -79,7 +82,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=model, device=args.device, dtype=args.dtype, load_format=load_format, seed=args.seed,
         max_model_len=args.max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
-        max_running_requests=args.max_running_requests, mem_fraction_static=args.mem_fraction_static,
+        max_running_requests=args.max_running_requests, mixed_step_tokens=args.mixed_step_tokens,
+        mem_fraction_static=args.mem_fraction_static,
         max_total_tokens=args.max_total_tokens, graph_backend=args.graph_backend, graph_buckets=args.graph_buckets,
         graph_max_padding_ratio=args.graph_max_padding_ratio, attention_backend=args.attention_backend,
         async_scheduling=args.async_scheduling, gemm_backend=args.gemm_backend,

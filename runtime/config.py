@@ -26,6 +26,9 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's max_position_embeddings
     max_num_batched_tokens: int = 2048
     max_running_requests: int = 256
+    # token budget of a step that carries decodes; None: measured from the captured buckets on CUDA
+    # graphs (profile.mixed_step_knee), no cap elsewhere
+    mixed_step_tokens: int | None = None
     mem_fraction_static: float = 0.85  # GPU only: weights + KV cache + graphs
     max_total_tokens: int | None = None  # KV cache size in tokens; required sizing on CPU
     block_size: int = 16
@@ -49,6 +52,8 @@ class EngineConfig:
         for name in ("max_num_batched_tokens", "max_running_requests", "block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_step_tokens is not None and self.mixed_step_tokens < 1:
+            raise ConfigError(f"mixed_step_tokens must be >= 1, got {self.mixed_step_tokens}")
         if self.max_total_tokens is not None and self.max_total_tokens < self.block_size:
             raise ConfigError(f"max_total_tokens must be >= block_size ({self.block_size})")
         if not 0.0 <= self.graph_max_padding_ratio <= 1.0:

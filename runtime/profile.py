@@ -97,6 +97,29 @@ def bucket_for(buckets: tuple[int, ...], num_tokens: int) -> int | None:
     return buckets[lo] if lo < len(buckets) else None
 
 
+MIXED_STEP_KNEE = 1.25  # a step with decodes may cost this much more than a decode-sized one
+MIXED_STEP_MIN_TOKENS = 64
+
+
+def mixed_step_knee(replay_seconds: dict[int, float], max_tokens: int) -> int | None:
+    """Token budget of a step that carries decodes, from each captured bucket's measured replay time:
+    the largest bucket below the first whose replay costs more than MIXED_STEP_KNEE times a decode-sized bucket's (the
+    median of those up to 32 tokens), at least MIXED_STEP_MIN_TOKENS. Below that knee the step is
+    bound by reading the weights, so prefill tokens added to a decode step are nearly free; above it
+    they cost compute and slow every running stream. None when nothing was measured."""
+    timed = sorted((b, t) for b, t in replay_seconds.items() if t > 0 and b <= max_tokens)
+    if not timed:
+        return None
+    small = sorted(t for b, t in timed if b <= 32) or [timed[0][1]]
+    limit = MIXED_STEP_KNEE * small[len(small) // 2]
+    knee = timed[0][0]
+    for b, t in timed:  # up to the first bucket above the limit
+        if t > limit:
+            break
+        knee = b
+    return min(max(knee, MIXED_STEP_MIN_TOKENS), max_tokens)
+
+
 def default_buckets(max_num_tokens: int) -> tuple[int, ...]:
     """Default ladder: dense at small sizes (decode), four sizes per octave above 64, up to the max."""
     sizes = {1, 2, 4, 8, *range(16, 65, 8)}

@@ -35,6 +35,7 @@ from graphpilot.runtime.layers.sampler import Sampler
 from graphpilot.runtime.models.config import ModelError, load_model_config
 from graphpilot.runtime.models.loader import load_model_weights
 from graphpilot.runtime.models.registry import build_model
+from graphpilot.runtime.profile import mixed_step_knee
 from graphpilot.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,9 @@ class Engine:
         self.max_model_len = min(
             config.max_model_len or self.model_config.max_position_embeddings, self.kv.pool.capacity_tokens
         )
-        self.scheduler = Scheduler(self.kv.pool, config.max_num_batched_tokens, config.max_running_requests)
+        self.scheduler = Scheduler(
+            self.kv.pool, config.max_num_batched_tokens, config.max_running_requests, config.mixed_step_tokens
+        )
         self.sampler = Sampler(self.device, config.seed)
         self.step_log = StepLog()
         self.requests: dict[str, Request] = {}
@@ -179,9 +182,21 @@ class Engine:
         self.runner.progress = progress.update
         with self._lock:
             self.runner.request(tuple(buckets))
-            result = self.runner.advance() or self.runner.last_apply
+            result = self._advance_capture() or self.runner.last_apply
         progress.close()
         assert result is not None
+        return result
+
+    def _advance_capture(self, budget_seconds: float = float("inf")) -> ApplyResult | None:
+        """Capture pending buckets; once a new set is in, re-measure the mixed-step token budget."""
+        result = self.runner.advance(budget_seconds)
+        applied = result is not None and result.result == "applied"
+        if applied and self.config.mixed_step_tokens is None and self.runner.backend == "cuda":
+            replay = {b: s.replay_seconds for b, s in self.runner.bucket_stats.items()}
+            knee = mixed_step_knee(replay, self.config.max_num_batched_tokens)
+            if knee != self.scheduler.mixed_step_tokens:
+                log.info("mixed-step token budget", extra={"tokens": knee})
+            self.scheduler.mixed_step_tokens = knee
         return result
 
     # ---- requests ----------------------------------------------------------------------------------
@@ -252,7 +267,7 @@ class Engine:
             return self._step_async()
         with self._lock, torch.inference_mode():
             if self.runner.capturing:
-                self.runner.advance(budget_seconds=0.05)
+                self._advance_capture(budget_seconds=0.05)
             batch = self.scheduler.schedule()
             if batch is None:
                 return []
@@ -334,7 +349,7 @@ class Engine:
             if self.runner.capturing:
                 if prev is not None:  # captures run between steps, with nothing in flight
                     return self._resolve(prev)
-                self.runner.advance(budget_seconds=0.05)
+                self._advance_capture(budget_seconds=0.05)
             cur = None
             batch = self.scheduler.schedule()
             if batch is not None:
@@ -444,6 +459,7 @@ class Engine:
             "graph_memory_bytes": self.runner.graph_memory_bytes,
             "capture_seconds": round(self.runner.capture_seconds, 4),
             "num_preemptions": self.scheduler.num_preemptions,
+            "mixed_step_tokens": self.scheduler.mixed_step_tokens,
         }
 
 

@@ -2,8 +2,17 @@
 
 Every step gives each running request the tokens it still needs (1 for decode, a chunk for prefill)
 within `max_num_batched_tokens`, then admits waiting requests while budget and KV blocks last. So a
-step freely mixes many requests' prefill chunks with decodes. When the KV pool runs out, the newest
-running request is preempted: its blocks are freed and it waits to be recomputed; nothing is dropped.
+step freely mixes many requests' prefill chunks with decodes. Decode rows are reserved first: a
+prefill chunk never takes the token of a running request's decode.
+
+A step that carries decodes has a smaller budget, `mixed_step_tokens`. On a GPU a step of a few
+hundred tokens costs about what a decode step costs (the weights are read once either way), and a
+larger one costs in proportion to its tokens: prefill chunks that fit under that knee ride along with
+the decodes nearly free, while a 2,048-token chunk stalls every running stream for a prefill step.
+The engine sets the value from the captured buckets' measured replay times (`profile.mixed_step_knee`).
+
+When the KV pool runs out, the newest running request is preempted: its blocks are freed and it
+waits to be recomputed; nothing is dropped.
 """
 
 from __future__ import annotations
@@ -26,10 +35,17 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, pool: BlockPool, max_num_batched_tokens: int, max_running_requests: int) -> None:
+    def __init__(
+        self,
+        pool: BlockPool,
+        max_num_batched_tokens: int,
+        max_running_requests: int,
+        mixed_step_tokens: int | None = None,
+    ) -> None:
         self.pool = pool
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_running_requests = max_running_requests
+        self.mixed_step_tokens = mixed_step_tokens  # budget of a step with decodes; None: no cap
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -42,11 +58,22 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch | None:
         batch = ScheduledBatch([], [])
+        decodes = sum(1 for r in self.running if r.num_tokens - r.num_computed_tokens == 1)
         budget = self.max_num_batched_tokens
+        if decodes and self.mixed_step_tokens is not None:
+            budget = min(budget, max(self.mixed_step_tokens, decodes))
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            need = req.num_tokens - req.num_computed_tokens
+            if need == 1:
+                decodes -= 1
+                n = 1
+            else:  # a prefill chunk leaves a token for each decode behind it
+                n = min(need, budget - max(decodes, 0))
+                if n < 1:
+                    i += 1
+                    continue
             if not self._make_room(req, n):
                 break  # req itself was preempted (it was the newest)
             self.pool.allocate(req, n)

@@ -38,6 +38,11 @@ class StepLog:
             self._seq += 1
             self._records.append(StepRecord(self._seq, num_tokens, bucket, reason, seconds, gen))
 
+    def records(self, cursor: int) -> list[StepRecord]:
+        """The steps after cursor that are still in the buffer."""
+        with self._lock:
+            return [r for r in self._records if r.seq > cursor]
+
     def window(self, cursor: int) -> StatsWindow:
         """Exact counts of steps in (cursor, now]; a cursor from the future (runtime restart) reads all."""
         with self._lock:

@@ -38,6 +38,7 @@ class AdminState:
             "mem_fraction_static": engine.config.mem_fraction_static,
             "backend": runner.backend,
             "max_num_batched_tokens": engine.config.max_num_batched_tokens,
+            "mixed_step_tokens": engine.scheduler.mixed_step_tokens,
             "graph_max_padding_ratio": runner.max_padding_ratio,
             "graph_memory_bytes": runner.graph_memory_bytes,
             "bucket_stats": [s.to_dict() for s in stats],

@@ -21,12 +21,17 @@ ops = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=ops, num_blocks=st.integers(4, 24), budget=st.integers(1, 64))
+@given(
+    ops=ops,
+    num_blocks=st.integers(4, 24),
+    budget=st.integers(1, 64),
+    mixed=st.one_of(st.none(), st.integers(1, 64)),
+)
 def test_random_interleavings_leak_no_blocks(
-    ops: list[tuple[str, int]], num_blocks: int, budget: int
+    ops: list[tuple[str, int]], num_blocks: int, budget: int, mixed: int | None
 ) -> None:
     pool = BlockPool(num_blocks, block_size=4)
-    sched = Scheduler(pool, max_num_batched_tokens=budget, max_running_requests=8)
+    sched = Scheduler(pool, max_num_batched_tokens=budget, max_running_requests=8, mixed_step_tokens=mixed)
     reqs: list[Request] = []
     for op, arg in ops:
         if op == "arrive" and arg <= pool.capacity_tokens - 8:

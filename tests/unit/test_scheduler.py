@@ -1,0 +1,125 @@
+"""Step budgets: decodes are never starved, and a step that decodes takes prefill only up to the knee."""
+
+from __future__ import annotations
+
+import pytest
+
+from graphpilot.runtime.engine.kv_cache import BlockPool
+from graphpilot.runtime.engine.request import Request, SamplingParams, Status
+from graphpilot.runtime.engine.scheduler import Scheduler
+from graphpilot.runtime.profile import MIXED_STEP_MIN_TOKENS, mixed_step_knee
+
+PARAMS = SamplingParams(max_tokens=64)
+
+
+def run_step(sched: Scheduler) -> dict[str, int]:
+    """Schedule one step, mark its tokens computed (a sampled token where a request is complete)."""
+    batch = sched.schedule()
+    assert batch is not None
+    for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
+        req.num_computed_tokens += n
+        if req.num_computed_tokens == req.num_tokens:
+            req.output_token_ids.append(7)
+    return {r.request_id: n for r, n in zip(batch.requests, batch.num_new_tokens, strict=True)}
+
+
+def decoding(sched: Scheduler, n: int, prompt: int = 5) -> list[Request]:
+    reqs = [Request(list(range(prompt)), PARAMS, request_id=f"d{i}") for i in range(n)]
+    for r in reqs:
+        sched.add(r)
+    run_step(sched)  # all prefilled: each now needs one decode token
+    return reqs
+
+
+def test_a_step_with_decodes_takes_prefill_only_up_to_the_budget() -> None:
+    sched = Scheduler(BlockPool(64, block_size=16), max_num_batched_tokens=256, max_running_requests=8,
+                      mixed_step_tokens=20)  # fmt: skip
+    decoding(sched, 4)
+    sched.add(Request(list(range(100)), PARAMS, request_id="long"))
+    step = run_step(sched)
+    assert [step[f"d{i}"] for i in range(4)] == [1, 1, 1, 1]
+    assert step["long"] == 16  # 20 - 4 decodes
+    # with nothing decoding (a cold start) the whole budget goes to prefill
+    cold = Scheduler(BlockPool(64, block_size=16), max_num_batched_tokens=256, max_running_requests=8,
+                     mixed_step_tokens=20)  # fmt: skip
+    cold.add(Request(list(range(100)), PARAMS, request_id="long"))
+    assert run_step(cold) == {"long": 100}
+
+
+def test_without_a_budget_the_chunk_fills_max_num_batched_tokens() -> None:
+    sched = Scheduler(BlockPool(64, block_size=16), max_num_batched_tokens=64, max_running_requests=8)
+    decoding(sched, 4)
+    sched.add(Request(list(range(100)), PARAMS, request_id="long"))
+    assert run_step(sched)["long"] == 60
+
+
+def test_an_older_prefill_never_takes_the_decode_tokens_behind_it() -> None:
+    sched = Scheduler(BlockPool(64, block_size=16), max_num_batched_tokens=10, max_running_requests=8)
+    long = Request(list(range(100)), PARAMS, request_id="long")  # admitted first, 10 tokens in
+    short = [Request([1, 2], PARAMS, request_id=f"d{i}", output_token_ids=[7]) for i in range(3)]
+    for req, computed in ((long, 10), *((r, 2) for r in short)):
+        sched.pool.allocate(req, computed)
+        req.num_computed_tokens = computed
+        req.status = Status.RUNNING
+        sched.running.append(req)
+    step = run_step(sched)
+    assert [step[f"d{i}"] for i in range(3)] == [1, 1, 1]
+    assert step["long"] == 7
+
+
+def test_more_decodes_than_the_budget_still_all_decode() -> None:
+    sched = Scheduler(BlockPool(64, block_size=16), max_num_batched_tokens=64, max_running_requests=16,
+                      mixed_step_tokens=4)  # fmt: skip
+    reqs = decoding(sched, 12)
+    sched.add(Request(list(range(30)), PARAMS, request_id="new"))
+    step = run_step(sched)
+    assert all(step[r.request_id] == 1 for r in reqs)
+    assert "new" not in step  # no token left for prefill this step
+
+
+# replay seconds per bucket as measured on a qwen3-8b shape (bench/results/graphs-qwen3-8b.json)
+QWEN3_8B = {1: 4.46, 2: 4.52, 4: 4.57, 8: 4.63, 16: 4.65, 24: 4.75, 32: 4.75, 48: 4.92, 64: 4.94,
+            96: 5.30, 128: 5.36, 160: 5.88, 192: 6.35, 256: 6.82, 512: 11.3, 2048: 46.2}  # fmt: skip
+
+
+def test_knee_is_the_last_bucket_that_costs_about_a_decode_step() -> None:
+    assert mixed_step_knee(QWEN3_8B, 2048) == 128  # 5.36 <= 1.25 x 4.65; 160 costs 5.88
+    flat = {b: 1.0 for b in (1, 8, 64, 512, 2048)}
+    assert mixed_step_knee(flat, 2048) == 2048
+    assert mixed_step_knee(flat, 512) == 512  # never above max_num_batched_tokens
+
+
+def test_knee_stops_at_the_first_expensive_bucket_and_has_a_floor() -> None:
+    noisy = {1: 1.0, 32: 1.1, 64: 2.0, 256: 1.0}  # a spuriously cheap large bucket after 64
+    assert mixed_step_knee(noisy, 2048) == MIXED_STEP_MIN_TOKENS
+    steep = {1: 1.0, 2: 3.0, 4: 5.0}
+    assert mixed_step_knee(steep, 2048) == MIXED_STEP_MIN_TOKENS
+    assert mixed_step_knee({}, 2048) is None
+    assert mixed_step_knee({1: 0.0}, 2048) is None  # nothing measured
+
+
+@pytest.mark.parametrize("bad", [0, -5])
+def test_a_budget_below_one_is_refused(tiny_dir: str, bad: int) -> None:
+    from graphpilot.runtime.config import ConfigError, EngineConfig
+
+    with pytest.raises(ConfigError, match="mixed_step_tokens must be >= 1"):
+        EngineConfig(model=tiny_dir, mixed_step_tokens=bad)
+
+
+def test_engine_keeps_outputs_and_caps_steps_that_decode(tiny_dir: str) -> None:
+    from helpers import make_engine
+
+    params = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+    ps = [" ".join(["alpha beta gamma"] * (5 + 7 * i)) for i in range(6)]
+    plain = make_engine(tiny_dir, graph_backend="eager", max_num_batched_tokens=64)
+    assert plain.scheduler.mixed_step_tokens is None  # no measured knee off CUDA graphs: no cap
+    capped = make_engine(tiny_dir, graph_backend="eager", max_num_batched_tokens=64, mixed_step_tokens=8)
+    reqs = [capped.requests[capped.add_request(p, params)] for p in ps]
+    sizes = []
+    while capped.has_unfinished():
+        decodes = sum(1 for r in capped.scheduler.running if r.num_tokens - r.num_computed_tokens == 1)
+        capped.step()
+        sizes.append((decodes, capped.step_log.records(capped.step_log.seq - 1)[0].num_tokens))
+    assert max(n for d, n in sizes if d == 0) == 64  # a cold step still takes the whole budget
+    assert max(n for d, n in sizes if d > 0) == 8
+    assert [r.output_token_ids for r in reqs] == [c.token_ids for c in plain.generate(ps, params)]
