@@ -6,7 +6,8 @@ For decode batches of b requests at context c (qwen3 heads: 32 query / 8 KV head
 16), it times the paged attention kernel with the context split 1..16 ways (flash-decoding; the last
 split of each request and KV head to finish combines them), inside a CUDA graph of 20 calls, beside
 the split count `decode_splits` picks. The rule in `paged_attention.decode_splits` and the tiles
-(`--sweep-tiles`) are set from this table.
+(`--sweep-tiles`) are set from this table. `--workload` times split counts and tiles at uneven
+contexts, as in the mgsm-like workload (`--batches ''` skips the uniform table).
 """
 
 from __future__ import annotations
