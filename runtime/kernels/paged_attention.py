@@ -5,7 +5,9 @@ of `BLOCK_Q * group` query rows that share the same keys (grouped-query attentio
 once per group). It walks the request's context in tiles of `BLOCK_N` keys through the block table
 with an online softmax, masking causally by absolute position, so a cached prefix (chunked prefill,
 decode) needs no separate path. The host lays out which (request, first query) each program takes,
-once per step (`engine.context.schedule_query_blocks`), so the grid has no empty programs.
+once per step (`engine.context.schedule_query_blocks`), so the grid has no empty programs; in a
+decode-only batch program i is request i's one token, so the kernel reads no schedule before its
+first keys.
 
 Decode-only batches too small to fill the GPU (a few requests x KV heads programs) split each
 request's context across programs instead (flash-decoding): each writes a partial softmax state,
@@ -35,20 +37,21 @@ DECODE_TILE = {"BLOCK_N": 128, "num_warps": 4, "num_stages": 2}
 
 @triton.jit
 def _attend(
-    q, q_pos, table, k_cache_ptr, v_cache_ptr, stride_slot, head_off, lo, hi, scale_log2,
+    q, q_pos, table, max_pages, k_cache_ptr, v_cache_ptr, stride_slot, head_off, lo, hi, scale_log2,
     BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
 ):  # fmt: skip
     """Online softmax of q's rows over keys [lo, hi) of one request and KV head: (acc, m, l).
 
     Few programs run per SM in decode, so each key tile's latency is paid in full: the tile's page
-    numbers are read one tile ahead, and its V gather is issued together with its K gather."""
+    numbers are read one tile ahead (the first tile's bounded by the table's width, not by `hi`, so
+    they load while the context length does), and its V gather is issued with its K gather."""
     dims = tl.arange(0, HEAD_DIM)
     offs = tl.arange(0, BLOCK_N)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    page = tl.load(table + (lo + offs) // PAGE, mask=lo + offs < hi, other=0)
+    page = tl.load(table + (lo + offs) // PAGE, mask=(lo + offs) // PAGE < max_pages, other=0)
     for start in range(lo, hi, BLOCK_N):
         k_pos = start + offs
         k_ok = k_pos < hi
@@ -72,20 +75,26 @@ def _attend(
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=["stride_table"])
+@triton.jit(do_not_specialize=["stride_table", "max_pages"])
 def _paged_attention_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
     block_tables_ptr, query_start_ptr, seq_lens_ptr, block_req_ptr, block_q0_ptr,
-    stride_q, stride_out, stride_table, stride_slot, scale_log2,
+    stride_q, stride_out, stride_table, max_pages, stride_slot, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
-    req = tl.load(block_req_ptr + pid)
-    q0 = tl.load(block_q0_ptr + pid)
-    q_start = tl.load(query_start_ptr + req)
-    q_len = tl.load(query_start_ptr + req + 1) - q_start
+    if BLOCK_Q == 1:  # decode only: program i is request i's one token, no schedule to read first
+        req = pid
+        q0 = 0
+        q_start = pid
+        q_len = 1
+    else:
+        req = tl.load(block_req_ptr + pid)
+        q0 = tl.load(block_q0_ptr + pid)
+        q_start = tl.load(query_start_ptr + req)
+        q_len = tl.load(query_start_ptr + req + 1) - q_start
     seq_len = tl.load(seq_lens_ptr + req)
     prefix = seq_len - q_len  # absolute position of the request's first query token
 
@@ -102,7 +111,7 @@ def _paged_attention_kernel(
     # keys this tile can see: up to the position of its last query token
     kv_end = tl.minimum(seq_len, prefix + q0 + BLOCK_Q)
     table = block_tables_ptr + req.to(tl.int64) * stride_table
-    acc, _, l_i = _attend(q, q_pos, table, k_cache_ptr, v_cache_ptr, stride_slot, kv_head * HEAD_DIM, 0, kv_end,
+    acc, _, l_i = _attend(q, q_pos, table, max_pages, k_cache_ptr, v_cache_ptr, stride_slot, kv_head * HEAD_DIM, 0, kv_end,
                             scale_log2, BLOCK_M, HEAD_DIM, PAGE, BLOCK_N, CAUSAL=True)  # fmt: skip
     out = acc / l_i[:, None]
     tl.store(out_ptr + tok[:, None] * stride_out + head[:, None] * HEAD_DIM + dims[None, :],
@@ -112,18 +121,18 @@ def _paged_attention_kernel(
 _paged_attention = FastKernel(_paged_attention_kernel)
 
 
-@triton.jit(do_not_specialize=["stride_table", "split_len", "num_splits"])
+@triton.jit(do_not_specialize=["stride_table", "max_pages", "split_len", "num_splits"])
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_acc_ptr, part_ml_ptr, arrived_ptr,
-    block_tables_ptr, query_start_ptr, seq_lens_ptr,
-    stride_q, stride_out, stride_table, stride_slot, split_len, num_splits, scale_log2,
+    block_tables_ptr, seq_lens_ptr,
+    stride_q, stride_out, stride_table, max_pages, stride_slot, split_len, num_splits, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, GROUP_P2: tl.constexpr, COMBINE_UNROLL: tl.constexpr,
 ):  # fmt: skip
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    tok = tl.load(query_start_ptr + req).to(tl.int64)
+    tok = req.to(tl.int64)  # decode only: request i's one token is row i
     seq_len = tl.load(seq_lens_ptr + req)
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < GROUP
@@ -135,7 +144,7 @@ def _decode_split_kernel(
     table = block_tables_ptr + req.to(tl.int64) * stride_table
     lo = split * split_len
     hi = tl.minimum(seq_len, lo + split_len)
-    acc, m_i, l_i = _attend(q, rows, table, k_cache_ptr, v_cache_ptr, stride_slot, kv_head * HEAD_DIM, lo, hi,
+    acc, m_i, l_i = _attend(q, rows, table, max_pages, k_cache_ptr, v_cache_ptr, stride_slot, kv_head * HEAD_DIM, lo, hi,
                             scale_log2, BLOCK_M, HEAD_DIM, PAGE, BLOCK_N, CAUSAL=False)  # fmt: skip
     # partial state per (request, head, split); an empty split leaves m = -inf, l = 0
     first = (req * tl.num_programs(1) * GROUP + head).to(tl.int64) * num_splits
@@ -257,6 +266,7 @@ def paged_attention(
     if splits is None:
         splits = decode_splits(num_reqs, kv_heads, max_seq_len, num_sms(q.device)) if block_q == 1 else 1
     if splits > 1:
+        assert block_q == 1, "context splits are for decode-only batches"
         tile = SPLIT_TILE["BLOCK_N"]
         split_len = triton.cdiv(triton.cdiv(max_seq_len, splits), tile) * tile
         splits = triton.cdiv(max_seq_len, split_len)
@@ -264,8 +274,9 @@ def paged_attention(
         part_acc, part_ml, arrived = _split_scratch(num_reqs * heads * splits, head_dim, q.device)
         grid = (num_reqs, kv_heads, splits)
         args = (
-            q, k_cache, v_cache, out, part_acc, part_ml, arrived, block_tables, query_start, seq_lens,
-            q.stride(0), out.stride(0), block_tables.stride(0), k_cache.stride(0), split_len, splits,
+            q, k_cache, v_cache, out, part_acc, part_ml, arrived, block_tables, seq_lens,
+            q.stride(0), out.stride(0), block_tables.stride(0), block_tables.shape[1], k_cache.stride(0),
+            split_len, splits,
             scale * LOG2E,
         )  # fmt: skip
         meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_M=max(16, triton.next_power_of_2(group)),
@@ -284,7 +295,8 @@ def paged_attention(
     )
     args = (
         q, k_cache, v_cache, out, block_tables, query_start, seq_lens, block_req, block_q0,
-        q.stride(0), out.stride(0), block_tables.stride(0), k_cache.stride(0), scale * LOG2E,
+        q.stride(0), out.stride(0), block_tables.stride(0), block_tables.shape[1], k_cache.stride(0),
+        scale * LOG2E,
     )  # fmt: skip
     meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, **tile)
     _paged_attention((programs, kv_heads), *args, **meta)
