@@ -119,6 +119,11 @@ class EngineCollector(Collector):
             "Memory fraction this process started with.",
             engine.config.mem_fraction_static,
         )
+        yield _gauge(
+            "mixed_step_tokens",
+            "Token budget of a step that also decodes (0: none, max_num_batched_tokens applies).",
+            sched.mixed_step_tokens or 0,
+        )
         yield _gauge("num_requests_running", "Requests in the running batch.", len(sched.running))
         yield _gauge("num_requests_waiting", "Requests waiting to be scheduled.", len(sched.waiting))
         yield CounterMetricFamily(

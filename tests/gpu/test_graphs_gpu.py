@@ -63,6 +63,9 @@ def test_32_concurrent_mixed_requests_stay_on_graph(engine) -> None:
         torch.randint(0, 50000, (int(torch.randint(8, 400, (1,), generator=g)),), generator=g).tolist()
         for _ in range(32)
     ]
+    # the mixed-step budget was measured from this GPU's bucket replays: a knee inside the ladder
+    budget = engine.scheduler.mixed_step_tokens
+    assert budget is not None and 64 <= budget <= 512, budget
     engine.runner.rejects.clear()
     before = sum(engine.runner.replays.values())
     outs = engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))
@@ -87,6 +90,7 @@ def test_live_retune_on_gpu_keeps_outputs(engine) -> None:
             outputs[o.request_id] += o.new_token_ids
     assert not ladders
     assert [r.result for r in results] == ["applied"] * 3, [r.reason for r in results]
+    assert engine.scheduler.mixed_step_tokens is not None  # re-measured with each new bucket set
     same = sum(outputs[i] == e for i, e in zip(ids, expected, strict=True))
     print(json.dumps({"live_retune_identical_outputs": f"{same}/{len(ids)}"}))
     assert same >= len(ids) - 1  # bf16 ties may flip one random-weight greedy path

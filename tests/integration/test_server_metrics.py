@@ -64,4 +64,5 @@ def test_metric_contract_and_counts(tiny_runtime):
     assert delta("graphpilot_inter_token_latency_seconds_count") == 4
     assert after["graphpilot_graph_buckets"] == 9
     assert after["graphpilot_graph_max_bucket_tokens"] == 256
+    assert after["graphpilot_mixed_step_tokens"] == 0  # eager backend: no measured mixed-step budget
     assert after['graphpilot_graph_rejects_total{reason="too_many_tokens"}'] == 0

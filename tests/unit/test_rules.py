@@ -22,7 +22,7 @@ CONTRACT = {
     "graph_capture_seconds", "graph_recaptures_total", "kv_cache_usage_ratio", "kv_cache_capacity_tokens",
     "mem_fraction_static", "requests_total", "time_to_first_token_seconds", "inter_token_latency_seconds",
     "e2e_request_latency_seconds", "prompt_tokens_total", "generation_tokens_total", "num_requests_running",
-    "num_requests_waiting", "num_preemptions_total", "graph_capturing",
+    "num_requests_waiting", "num_preemptions_total", "graph_capturing", "mixed_step_tokens",
     "autotune_decisions_total", "autotune_padding_waste_ratio", "autotune_expected_gain_ratio",
     "autotune_rollbacks_total", "autotune_last_apply_timestamp_seconds",
 }  # fmt: skip
