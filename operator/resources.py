@@ -83,8 +83,9 @@ def _meta(owner: Owner, name: str, kind_labels: dict[str, str] | None = None) ->
 
 
 def runtime_config(spec: ServiceSpec, profile: GraphProfile) -> dict[str, Any]:
-    """The runtime's --config file: the same keys as its flags, in snake_case."""
-    return {
+    """The runtime's --config file: the same keys as its flags, in snake_case. Optional settings
+    appear only when set, so that adding one leaves the config (and its hash) of older specs alone."""
+    config = {
         "model": MODEL_DIR,
         "served_model_name": spec.served_model_name,
         "mem_fraction_static": profile.mem_fraction_static,
@@ -99,6 +100,9 @@ def runtime_config(spec: ServiceSpec, profile: GraphProfile) -> dict[str, Any]:
         # The live-tuned profile survives a container restart inside the pod (not a new pod).
         "state_file": f"{STATE_DIR}/profile.json",
     }
+    if spec.mixed_step_tokens is not None:
+        config["mixed_step_tokens"] = spec.mixed_step_tokens
+    return config
 
 
 def spec_hash(spec: ServiceSpec) -> str:

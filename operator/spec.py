@@ -66,6 +66,7 @@ class ServiceSpec:
     mem_fraction_static: float = 0.85
     max_num_batched_tokens: int = 2048
     max_running_requests: int = 256
+    mixed_step_tokens: int | None = None  # None: the runtime measures it
     graph_backend: str = "cuda"
     graph_buckets: tuple[int, ...] = ()
     extra_args: tuple[str, ...] = ()
@@ -115,6 +116,7 @@ class ServiceSpec:
             mem_fraction_static=float(_get(rt, "memFractionStatic", 0.85)),
             max_num_batched_tokens=int(_get(rt, "maxNumBatchedTokens", 2048)),
             max_running_requests=int(_get(rt, "maxRunningRequests", 256)),
+            mixed_step_tokens=None if rt.get("mixedStepTokens") is None else int(rt["mixedStepTokens"]),
             graph_backend=_get(rt, "graphBackend", "cuda"),
             graph_buckets=tuple(int(b) for b in rt.get("graphBuckets") or ()),
             extra_args=tuple(rt.get("extraArgs") or ()),

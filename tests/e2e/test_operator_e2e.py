@@ -382,6 +382,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "graphBuckets",
     ),
     ("unknown graph backend", {"runtime": {"graphBackend": "tensorrt"}}, "graphBackend"),
+    ("mixed-step budget of zero", {"runtime": {"mixedStepTokens": 0}}, "mixedStepTokens"),
     ("cuda without gpus", {"resources": {"gpus": 0}}, "graphBackend"),
     ("negative replicas", {"replicas": -1}, "replicas"),
     ("unsupported uri", {"model": {"uri": "ftp://host/model"}}, "uri"),

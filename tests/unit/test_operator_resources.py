@@ -90,6 +90,16 @@ def test_config_map_carries_the_effective_profile_in_runtime_keys() -> None:
     assert cfg["mem_fraction_static"] == 0.9
     assert cfg["max_num_batched_tokens"] == 512 and cfg["model"] == "/mnt/models"
     assert cfg["admin_host"] == "127.0.0.1"
+    assert "mixed_step_tokens" not in cfg  # unset: the runtime measures it
+
+
+def test_a_mixed_step_budget_reaches_the_runtime_config_and_rolls_the_pods() -> None:
+    s = spec(runtime={"mixedStepTokens": 256})
+    cfg = yaml.safe_load(
+        res.config_map(OWNER, s, GraphProfile((1, 8), 0.9), "autotuner")["data"]["runtime.yaml"]
+    )
+    assert cfg["mixed_step_tokens"] == 256
+    assert res.spec_hash(s) != res.spec_hash(spec())
 
 
 def test_tuned_profile_does_not_roll_pods_but_a_spec_change_does() -> None:
