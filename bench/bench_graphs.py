@@ -80,6 +80,45 @@ def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> d
     }  # fmt: skip
 
 
+def arrival_ttft_ms(
+    engine: Engine, running: int = 31, prompt_len: int = 512, reps: int = 5
+) -> dict[str, float]:
+    """A prompt arriving while `running` requests decode: milliseconds to its first token, and the
+    longest step the running streams wait meanwhile (median over `reps` arrivals)."""
+    params = SamplingParams(max_tokens=1024, temperature=0.0, ignore_eos=True)
+    vocab = engine.model_config.vocab_size
+    ids = [engine.add_request([t % vocab for t in range(100 + i, 356 + i)], params) for i in range(running)]
+    reqs = [engine.requests[rid] for rid in ids]
+    while not all(r.output_token_ids for r in reqs):
+        engine.step()
+    ttft, stall = [], []
+    for rep in range(reps):
+        for _ in range(4):
+            engine.step()
+        prompt = [t % vocab for t in range(5000 + rep * prompt_len, 5000 + (rep + 1) * prompt_len)]
+        rid = engine.add_request(prompt, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = last = time.perf_counter()
+        longest = 0.0
+        while True:
+            outs = engine.step()
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+            if any(o.request_id == rid for o in outs):
+                break
+        ttft.append(1000 * (now - start))
+        stall.append(1000 * longest)
+    for rid in ids:
+        engine.abort(rid)
+    while engine.has_unfinished():
+        engine.step()
+    return {
+        "ttft_ms": round(statistics.median(ttft), 2),
+        "longest_step_ms": round(statistics.median(stall), 2),
+    }
+
+
 def decode_step_ms(engine: Engine, batch: int, prompt_len: int = 256, steps: int = 64) -> float:
     """Median wall time of one engine step (schedule, forward, logits, sampling) decoding `batch` requests."""
     params = SamplingParams(max_tokens=steps + 16, temperature=0.0, ignore_eos=True)
@@ -181,6 +220,9 @@ def main() -> None:
                         "continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
+    p.add_argument("--arrival", action="store_true",
+                   help="also time a 512-token prompt arriving beside 31 decoding requests (first token, "
+                        "longest step of the running streams)")  # fmt: skip
     p.add_argument("--num-requests", type=int, default=200, help="at concurrency > 1")
     p.add_argument("--num-requests-c1", type=int, default=8, help="at concurrency 1 (sequential)")
     p.add_argument("--output-len", type=int, default=256)
@@ -244,6 +286,8 @@ def main() -> None:
             sizes = [int(x) for x in args.break_sizes.split(",") if x]
             result["break_cost"] = break_cost(engine, sizes, args.context)
             save(result, args.out)
+        if args.arrival and c >= 32:
+            run["arrival_512_beside_31"] = arrival_ttft_ms(engine)
         run["decode_step_ms_batch1"] = round(decode_step_ms(engine, 1), 4)
         if c >= 32:
             run["decode_step_ms_batch32"] = round(decode_step_ms(engine, 32), 4)
