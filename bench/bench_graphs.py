@@ -85,12 +85,8 @@ def arrival_ttft_ms(
 ) -> dict[str, float]:
     """A prompt arriving while `running` requests decode: milliseconds to its first token, and the
     longest step the running streams wait meanwhile (median over `reps` arrivals)."""
-    params = SamplingParams(max_tokens=1024, temperature=0.0, ignore_eos=True)
     vocab = engine.model_config.vocab_size
-    ids = [engine.add_request([t % vocab for t in range(100 + i, 356 + i)], params) for i in range(running)]
-    reqs = [engine.requests[rid] for rid in ids]
-    while not all(r.output_token_ids for r in reqs):
-        engine.step()
+    ids = start_decoding(engine, running, 256, max_tokens=1024)
     ttft, stall = [], []
     for rep in range(reps):
         for _ in range(4):
@@ -119,13 +115,21 @@ def arrival_ttft_ms(
     }
 
 
+def start_decoding(engine: Engine, batch: int, prompt_len: int, max_tokens: int) -> list[str]:
+    """Queue `batch` greedy requests and step until every one decodes (prefill may be chunked)."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    vocab = engine.model_config.vocab_size
+    ids = [engine.add_request([t % vocab for t in range(100 + i, 100 + i + prompt_len)], params)
+           for i in range(batch)]  # fmt: skip
+    reqs = [engine.requests[rid] for rid in ids]
+    while not all(r.output_token_ids for r in reqs):
+        engine.step()
+    return ids
+
+
 def decode_step_ms(engine: Engine, batch: int, prompt_len: int = 256, steps: int = 64) -> float:
     """Median wall time of one engine step (schedule, forward, logits, sampling) decoding `batch` requests."""
-    params = SamplingParams(max_tokens=steps + 16, temperature=0.0, ignore_eos=True)
-    ids = [engine.add_request(list(range(100 + i, 100 + i + prompt_len)), params) for i in range(batch)]
-    reqs = [engine.requests[rid] for rid in ids]
-    while not all(r.output_token_ids for r in reqs):  # prefill (chunked), until every request decodes
-        engine.step()
+    ids = start_decoding(engine, batch, prompt_len, max_tokens=steps + 16)
     for _ in range(4):  # a few decode steps to warm up
         engine.step()
     # consecutive step returns, no extra synchronisation: a synchronous step waits for its tokens
@@ -216,8 +220,7 @@ def main() -> None:
     p.add_argument("--runs", default="cuda:32,off:32,hf:32",
                    help="backend:concurrency, in order; +sync: async scheduling off; +cublas: cuBLAS for "
                         "every matrix multiply; +nocap: no mixed-step token budget; +capN: a budget of N tokens; "
-                        "hf: transformers' "
-                        "continuous batching")  # fmt: skip
+                        "hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
     p.add_argument("--arrival", action="store_true",

@@ -103,10 +103,11 @@ MIXED_STEP_MIN_TOKENS = 64
 
 def mixed_step_knee(replay_seconds: dict[int, float], max_tokens: int) -> int | None:
     """Token budget of a step that carries decodes, from each captured bucket's measured replay time:
-    the largest bucket below the first whose replay costs more than MIXED_STEP_KNEE times a decode-sized bucket's (the
-    median of those up to 32 tokens), at least MIXED_STEP_MIN_TOKENS. Below that knee the step is
-    bound by reading the weights, so prefill tokens added to a decode step are nearly free; above it
-    they cost compute and slow every running stream. None when nothing was measured."""
+    the largest bucket below the first whose replay costs more than MIXED_STEP_KNEE times a
+    decode-sized bucket's (the median of those up to 32 tokens), at least MIXED_STEP_MIN_TOKENS.
+    Below that knee the step is bound by reading the weights, so prefill tokens added to a decode
+    step are nearly free; above it they cost compute and slow every running stream. None when
+    nothing was measured."""
     timed = sorted((b, t) for b, t in replay_seconds.items() if t > 0 and b <= max_tokens)
     if not timed:
         return None

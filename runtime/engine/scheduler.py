@@ -70,7 +70,7 @@ class Scheduler:
                 decodes -= 1
                 n = 1
             else:  # a prefill chunk leaves a token for each decode behind it
-                n = min(need, budget - max(decodes, 0))
+                n = min(need, budget - decodes)
                 if n < 1:
                     i += 1
                     continue

@@ -18,6 +18,7 @@ in the same kernel, so a decode break is one launch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
@@ -276,17 +277,11 @@ def paged_attention(
         args = (
             q, k_cache, v_cache, out, part_acc, part_ml, arrived, block_tables, seq_lens,
             q.stride(0), out.stride(0), block_tables.stride(0), block_tables.shape[1], k_cache.stride(0),
-            split_len, splits,
-            scale * LOG2E,
+            split_len, splits, scale * LOG2E,
         )  # fmt: skip
         meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_M=max(16, triton.next_power_of_2(group)),
                     **SPLIT_TILE, GROUP_P2=triton.next_power_of_2(group), COMBINE_UNROLL=8)  # fmt: skip
-        _decode_split(grid, *args, **meta)
-        if key is not None and plan is not None:
-            launch = _decode_split.bind(grid, (1, 2), *args, **meta)
-            if launch is not None:
-                plan[key] = launch
-        return out
+        return _launch(_decode_split, grid, args, meta, plan, key)
     block_m = max(16, triton.next_power_of_2(block_q * group))
     tile = (
         DECODE_TILE
@@ -299,9 +294,22 @@ def paged_attention(
         scale * LOG2E,
     )  # fmt: skip
     meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, **tile)
-    _paged_attention((programs, kv_heads), *args, **meta)
+    return _launch(_paged_attention, (programs, kv_heads), args, meta, plan, key)
+
+
+def _launch(
+    kernel: FastKernel,
+    grid: tuple[int, ...],
+    args: tuple[Any, ...],
+    meta: dict[str, Any],
+    plan: dict[tuple[int, ...], Callable[[torch.Tensor, torch.Tensor], bool]] | None,
+    key: tuple[int, ...] | None,
+) -> torch.Tensor:
+    """Launch, and bind the launch into the step's plan (the layer caches, args 1 and 2, swapped in
+    by the next layers); returns the output tensor (args 3)."""
+    kernel(grid, *args, **meta)
     if key is not None and plan is not None:
-        launch = _paged_attention.bind((programs, kv_heads), (1, 2), *args, **meta)
+        launch = kernel.bind(grid, (1, 2), *args, **meta)
         if launch is not None:
             plan[key] = launch
-    return out
+    return args[3]
