@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+# a step of decodes and prefill chunks up to this many tokens may take 16-row query tiles
+# (`query_block_size`; measured on an H200, `bench/bench_attention.py --mixed`)
+SMALL_TILE_TOKENS = 512
+
 
 @dataclass
 class AttentionMetadata:
@@ -102,7 +106,7 @@ def build_step_inputs(
     parts = [ids, positions, slots, np.asarray(sample_rows, dtype=np.int64), tables.reshape(-1)]
     block_q = 1
     if paged_group is not None:
-        block_q = query_block_size(int(ql.max()), paged_group)
+        block_q = query_block_size(int(ql.max()), int((ql == 1).sum()), paged_group, num_tokens)
         block_req, block_q0 = schedule_query_blocks(query_lens, block_q)
         query_start = np.concatenate([starts, [num_tokens]])
         parts += [query_start, cl, np.asarray(block_req, np.int64), np.asarray(block_q0, np.int64)]
@@ -129,9 +133,15 @@ def build_step_inputs(
     return StepInputs(input_ids=views[0], positions=views[1], sample_rows=views[3], attn=meta)
 
 
-def query_block_size(max_query_len: int, group: int) -> int:
-    """Query tokens per program: one for decode-only batches, a 64-row tile otherwise."""
-    return 1 if max_query_len == 1 else max(1, 64 // group)
+def query_block_size(max_query_len: int, decodes: int, group: int, num_tokens: int) -> int:
+    """Query tokens per program: one in a decode-only batch; a 64-row tile of query rows in a
+    prefill batch. Each decode request of a mixed step fills a tile of its own, mostly empty in a
+    64-row one, so a step of at most `SMALL_TILE_TOKENS` tokens with at least one decode per 32
+    prefill tokens takes 16-row tiles (the prefill chunks then take 4x the programs, each cheaper)."""
+    if max_query_len == 1:
+        return 1
+    small = decodes > 0 and 32 * decodes >= num_tokens - decodes and num_tokens <= SMALL_TILE_TOKENS
+    return max(1, (16 if small else 64) // group)
 
 
 def schedule_query_blocks(query_lens: list[int], block_q: int) -> tuple[list[int], list[int]]:

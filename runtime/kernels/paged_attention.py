@@ -283,11 +283,10 @@ def paged_attention(
                     **SPLIT_TILE, GROUP_P2=triton.next_power_of_2(group), COMBINE_UNROLL=8)  # fmt: skip
         return _launch(_decode_split, grid, args, meta, plan, key)
     block_m = max(16, triton.next_power_of_2(block_q * group))
-    tile = (
-        DECODE_TILE
-        if block_q == 1
-        else {"BLOCK_N": 32 if head_dim > 128 else 64, "num_warps": 4, "num_stages": 2}
-    )
+    if block_q == 1 or block_m <= 16:  # decodes, or decodes beside small prefill chunks
+        tile = DECODE_TILE
+    else:
+        tile = {"BLOCK_N": 32 if head_dim > 128 else 64, "num_warps": 4, "num_stages": 2}
     args = (
         q, k_cache, v_cache, out, block_tables, query_start, seq_lens, block_req, block_q0,
         q.stride(0), out.stride(0), block_tables.stride(0), block_tables.shape[1], k_cache.stride(0),

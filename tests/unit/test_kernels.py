@@ -16,7 +16,7 @@ from graphpilot.runtime.kernels.fused import qk_norm_rope_, rms_norm, silu_and_m
 from graphpilot.runtime.kernels.gemm import skinny_mm
 from graphpilot.runtime.kernels.paged_attention import paged_attention
 from graphpilot.runtime.layers.attention import Attention
-from graphpilot.runtime.layers.linear import GemmTable, linear
+from graphpilot.runtime.layers.linear import GemmTable, cold_copies, linear
 from graphpilot.runtime.layers.norm import RMSNorm
 from graphpilot.runtime.layers.rotary import RotaryEmbedding
 
@@ -160,6 +160,43 @@ def test_rope_kv_store_and_paged_attention_match_reference(
         _close(out.view(n, -1), expected, dtype, ulps=2)
 
 
+def test_decodes_beside_small_prefill_chunks_take_small_query_tiles() -> None:
+    from graphpilot.runtime.engine.context import SMALL_TILE_TOKENS, query_block_size
+
+    assert query_block_size(1, 32, group=4, num_tokens=32) == 1  # decode only: a program per token
+    assert query_block_size(96, 32, group=4, num_tokens=128) == 4  # 32 decodes + a chunk: 16-row tiles
+    assert query_block_size(96, 32, group=2, num_tokens=128) == 8
+    assert query_block_size(96, 4, group=4, num_tokens=100) == 4
+    assert query_block_size(480, 8, group=4, num_tokens=488) == 16  # few decodes, a long chunk: 64 rows
+    assert query_block_size(2048, 0, group=4, num_tokens=2048) == 16  # prefill only: 64-row tiles
+    assert query_block_size(100, 0, group=4, num_tokens=100) == 16
+    assert query_block_size(100, 30, group=4, num_tokens=SMALL_TILE_TOKENS + 1) == 16  # a big step
+
+
+@pytest.mark.parametrize(("device", "dtype"), CASES)
+def test_mixed_step_query_tiles_give_the_same_attention(
+    device: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graphpilot.runtime.engine import context
+
+    query_lens, context_lens = [1, 20, 1, 5, 1], [9, 45, 2, 5, 30]  # 3 decodes, 25 prefill tokens
+    heads, kv_heads, d, page, k_cache, v_cache, tables, q, _, _ = _batch(
+        device, dtype, query_lens, context_lens
+    )
+    outs = {}
+    for limit in (0, 512):  # 0: 64-row tiles whatever the step
+        monkeypatch.setattr(context, "SMALL_TILE_TOKENS", limit)
+        meta = build_attention_metadata(
+            query_lens, context_lens, tables, page, torch.device(device), heads // kv_heads
+        )
+        assert meta.block_q == (64 if limit == 0 else 16) // (heads // kv_heads)
+        outs[limit] = paged_attention(
+            q.view(-1, heads, d), k_cache, v_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
+            meta.block_req, meta.block_q0, meta.block_q, page, d**-0.5,
+        )  # fmt: skip
+    _close(outs[512], outs[0], dtype, ulps=2)
+
+
 def test_small_decode_batches_split_the_context_to_fill_the_gpu() -> None:
     from graphpilot.runtime.kernels.paged_attention import decode_splits
 
@@ -198,6 +235,11 @@ def test_gemm_table_routes_measured_shapes_to_the_skinny_kernel() -> None:
     chosen = table.lookup(x, w, None)
     assert (chosen is not None) == ((1024, 2048, False, 4) in table.skinny)
     assert table.lookup(torch.randn(33, 2048, device="cuda"), w, None) is None  # beyond the row tile: cuBLAS
+    # timed cold: the copies a measurement cycles through are more than the L2 cache holds
+    copies = cold_copies(w)
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    assert copies[0] is w and sum(c.numel() * c.element_size() for c in copies) > l2
+    assert all(torch.equal(c, w) for c in copies)
     _close(linear(x, w, table=table), F.linear(x, w), torch.bfloat16, ulps=2)
 
 
