@@ -25,16 +25,19 @@ from typing import Any
 import torch
 
 from graphpilot.runtime.config import EngineConfig
+from graphpilot.runtime.engine import context
 from graphpilot.runtime.engine.context import ForwardContext, forward_context
 from graphpilot.runtime.engine.engine import Engine
 from graphpilot.runtime.engine.request import SamplingParams
+from graphpilot.runtime.layers import linear
 from graphpilot.runtime.models.presets import init_model
 
 
 def make_engine(model_dir: str, backend: str, concurrency: int, args: argparse.Namespace) -> Engine:
     # e.g. cuda+sync: async scheduling off; cuda+cublas: cuBLAS for every matrix multiply; cuda+nocap:
     # a step with decodes takes prefill chunks up to max_num_batched_tokens (no mixed-step budget);
-    # cuda+cap256: a mixed-step budget of 256 tokens instead of the measured one
+    # cuda+cap256: a mixed-step budget of 256 tokens instead of the measured one; +rows64 and
+    # +hotgemm: `previous_choices`
     graph_backend, *modes = backend.split("+")
     mixed = next((int(m[3:]) for m in modes if m.startswith("cap")), None)
     return Engine(EngineConfig(
@@ -220,6 +223,7 @@ def main() -> None:
     p.add_argument("--runs", default="cuda:32,off:32,hf:32",
                    help="backend:concurrency, in order; +sync: async scheduling off; +cublas: cuBLAS for "
                         "every matrix multiply; +nocap: no mixed-step token budget; +capN: a budget of N tokens; "
+                        "+rows64: 64-row query tiles in mixed steps; +hotgemm: GEMM kernels timed hot in L2; "
                         "hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
@@ -266,6 +270,7 @@ def main() -> None:
             save(result, args.out)
             continue
         t0 = time.perf_counter()
+        restore = previous_choices(backend.split("+")[1:])
         engine = make_engine(model_dir, backend, c, args)
         run: dict[str, Any] = {"backend": backend, "concurrency": c, "engine_start_seconds": round(time.perf_counter() - t0, 2),
                                "load_seconds": round(engine.load_seconds, 2), "attention": engine.attn_backend,
@@ -302,9 +307,27 @@ def main() -> None:
         print(json.dumps(run), file=sys.stderr)
         save(result, args.out)
         del engine
+        restore()
         gc.collect()
         torch.cuda.empty_cache()
     print(json.dumps(result, indent=2))
+
+
+def previous_choices(modes: list[str]) -> Any:
+    """For one engine's run, the choices before the current ones: +rows64, 64-row query tiles in
+    every step with a prefill (not 16-row ones where decodes outnumber the prefill's tiles);
+    +hotgemm, GEMM kernels timed on one weight, hot in L2 (not on copies cold in L2). Returns the
+    function that puts the current choices back."""
+    tile_tokens, copies = context.SMALL_TILE_TOKENS, linear.cold_copies
+    if "rows64" in modes:
+        context.SMALL_TILE_TOKENS = 0
+    if "hotgemm" in modes:
+        linear.cold_copies = lambda w: [w]
+
+    def restore() -> None:
+        context.SMALL_TILE_TOKENS, linear.cold_copies = tile_tokens, copies
+
+    return restore
 
 
 def hf_peer(model_dir: str, concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
