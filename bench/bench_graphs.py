@@ -68,7 +68,8 @@ def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> d
     outs = engine.generate(prompts, params)
     seconds = time.perf_counter() - start
     w = engine.step_log.window(cursor)
-    step_ms = sorted(1000 * r.forward_seconds for r in engine.step_log.records(cursor))
+    records = engine.step_log.records(cursor)
+    step_ms = sorted(1000 * r.forward_seconds for r in records)
     generated = sum(len(o.token_ids) for o in outs)
     return {
         "num_requests": num_requests, "output_tokens": generated, "seconds": round(seconds, 3),
@@ -80,7 +81,22 @@ def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> d
         # what a running stream waits between tokens: a long step is a prefill chunk stalling it
         "p50_step_ms": round(step_ms[len(step_ms) // 2], 3), "p99_step_ms": round(step_ms[int(0.99 * (len(step_ms) - 1))], 3),
         "max_step_ms": round(step_ms[-1], 3), "mixed_step_tokens": engine.scheduler.mixed_step_tokens,
+        "step_kinds": step_kinds(records),
     }  # fmt: skip
+
+
+def step_kinds(records: list[Any]) -> dict[str, dict[str, float]]:
+    """Steps by kind and bucket, e.g. "decode@32" (every token a decode) or "prefill@128" (with a
+    prefill chunk, and any decodes beside it): how many, their mean and total time, largest total first."""
+    kinds: dict[str, list[float]] = {}
+    for r in records:
+        kind = "decode" if r.num_tokens == r.generation_tokens else "prefill"
+        kinds.setdefault(f"{kind}@{r.bucket if r.bucket is not None else r.num_tokens}", []).append(
+            r.forward_seconds
+        )
+    rows = {k: {"steps": len(v), "mean_ms": round(1000 * sum(v) / len(v), 3), "total_s": round(sum(v), 3)}
+            for k, v in kinds.items()}  # fmt: skip
+    return dict(sorted(rows.items(), key=lambda kv: -kv[1]["total_s"]))
 
 
 def arrival_ttft_ms(
