@@ -4,9 +4,9 @@
 (`runtime/kernels/gemm.py`, `skinny_candidates`) on every distinct weight shape of the model for 1, 2,
 4, 8, 16 and 32 rows, each as a CUDA graph of back-to-back calls (no launch overhead) that cycle
 through copies of the weight larger than the L2 cache together, as in a forward where every layer
-has its own weights, and records where the fastest skinny configuration beats cuBLAS. `linear` then dispatches on (n, k, bias, rows rounded
-up to a power of two): the graph of a bucket and the eager forward of the same rows take the same
-kernel. Without a tuned table (CPU, tests, `gemm_backend="cublas"`) everything is torch.
+has its own weights, and records where the fastest skinny configuration beats cuBLAS. `linear` then
+dispatches on (n, k, bias, rows rounded up to a power of two): the graph of a bucket and the eager
+forward of the same rows take the same kernel. Without a tuned table (CPU, tests, `gemm_backend="cublas"`) everything is torch.
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ class GemmTable:
 
         self.kernel = skinny_mm
         sms = num_sms(next(iter(seen.values()))[0].device)
-        rows = 1
-        while rows <= MAX_ROWS:
-            for (n, k, has_bias), (w, b) in seen.items():
-                ws = cold_copies(w)
-                calls = len(ws) * -(-reps // len(ws))  # whole cycles: no copy twice in a row
+        for (n, k, has_bias), (w, b) in seen.items():
+            ws = cold_copies(w)  # once per shape, for every row count
+            calls = len(ws) * -(-reps // len(ws))  # whole cycles: no copy twice in a row
+            it = itertools.cycle(ws)
+            rows = 1
+            while rows <= MAX_ROWS:
                 x = torch.randn(rows, k, dtype=w.dtype, device=w.device)
                 out = torch.empty(rows, n, dtype=w.dtype, device=w.device)
-                it = itertools.cycle(ws)
                 cublas = graph_us(lambda x=x, b=b, out=out, it=it: _torch_mm(x, next(it), b, out), calls)
                 cfg, ours = None, float("inf")
                 for candidate in skinny_candidates(n, sms):
@@ -70,7 +70,8 @@ class GemmTable:
                     {"n": n, "k": k, "bias": has_bias, "rows": rows, "cublas_us": round(cublas, 2),
                      "skinny_us": round(ours, 2), "skinny_config": "{}x{}s{}".format(*cfg) if cfg else None}
                 )  # fmt: skip
-            rows *= 2
+                rows *= 2
+        self.measured.sort(key=lambda m: m["rows"])  # by row count, shapes in model order
 
 
 def cold_copies(w: torch.Tensor) -> list[torch.Tensor]:
