@@ -29,6 +29,7 @@ from graphpilot.runtime.engine import context
 from graphpilot.runtime.engine.context import ForwardContext, forward_context
 from graphpilot.runtime.engine.engine import Engine
 from graphpilot.runtime.engine.request import SamplingParams
+from graphpilot.runtime.kernels import launch
 from graphpilot.runtime.layers import linear
 from graphpilot.runtime.models.presets import init_model
 
@@ -36,8 +37,8 @@ from graphpilot.runtime.models.presets import init_model
 def make_engine(model_dir: str, backend: str, concurrency: int, args: argparse.Namespace) -> Engine:
     # e.g. cuda+sync: async scheduling off; cuda+cublas: cuBLAS for every matrix multiply; cuda+nocap:
     # a step with decodes takes prefill chunks up to max_num_batched_tokens (no mixed-step budget);
-    # cuda+cap256: a mixed-step budget of 256 tokens instead of the measured one; +rows64 and
-    # +hotgemm: `previous_choices`
+    # cuda+cap256: a mixed-step budget of 256 tokens instead of the measured one; +rows64, +hotgemm
+    # and +nopdl: `previous_choices`
     graph_backend, *modes = backend.split("+")
     mixed = next((int(m[3:]) for m in modes if m.startswith("cap")), None)
     return Engine(EngineConfig(
@@ -240,6 +241,7 @@ def main() -> None:
                    help="backend:concurrency, in order; +sync: async scheduling off; +cublas: cuBLAS for "
                         "every matrix multiply; +nocap: no mixed-step token budget; +capN: a budget of N tokens; "
                         "+rows64: 64-row query tiles in mixed steps; +hotgemm: GEMM kernels timed hot in L2; "
+                        "+nopdl: no programmatic dependent launch; "
                         "hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
@@ -332,16 +334,21 @@ def main() -> None:
 def previous_choices(modes: list[str]) -> Any:
     """For one engine's run, the choices before the current ones: +rows64, 64-row query tiles in
     every step with a prefill (not 16-row ones where decodes outnumber the prefill's tiles);
-    +hotgemm, GEMM kernels timed on one weight, hot in L2 (not on copies cold in L2). Returns the
-    function that puts the current choices back."""
-    tile_tokens, copies = context.SMALL_TILE_TOKENS, linear.cold_copies
+    +hotgemm, GEMM kernels timed on one weight, hot in L2 (not on copies cold in L2); +nopdl, every
+    kernel launched only once the one before it has finished (`launch.dependent_launch` off).
+    Returns the function that puts the current choices back."""
+    tile_tokens, copies, pdl = context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH
     if "rows64" in modes:
         context.SMALL_TILE_TOKENS = 0
     if "hotgemm" in modes:
         linear.cold_copies = lambda w: [w]
+    if "nopdl" in modes:
+        launch.DEPENDENT_LAUNCH = False
+    launch._PDL.clear()
 
     def restore() -> None:
-        context.SMALL_TILE_TOKENS, linear.cold_copies = tile_tokens, copies
+        context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH = tile_tokens, copies, pdl
+        launch._PDL.clear()
 
     return restore
 

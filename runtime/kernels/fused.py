@@ -10,16 +10,20 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from graphpilot.runtime.kernels.launch import FastKernel
+from graphpilot.runtime.kernels.launch import FastKernel, dependent_launch
 
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     stride_x, stride_res, stride_out, stride_res_out, n_cols, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # `launch.dependent_launch`
+        gdc_wait()
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -49,11 +53,13 @@ def rms_norm(
     if n == 0:
         return out, res_out
     block = triton.next_power_of_2(hidden)
+    pdl = dependent_launch(x.device)
     res = residual if residual is not None else x
     ro = res_out if res_out is not None else out
     _rms_norm((n,),
         x, res, weight, out, ro, x.stride(0), res.stride(0), out.stride(0), ro.stride(0), hidden, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(4, block // 256)),
+        HAS_RESIDUAL=residual is not None, BLOCK=block, PDL=pdl,
+        num_warps=min(16, max(4, block // 256)), launch_pdl=pdl,
     )  # fmt: skip
     return out, res_out
 
@@ -62,8 +68,11 @@ def rms_norm(
 def _qk_norm_rope_kernel(
     qkv_ptr, pos_ptr, cos_sin_ptr, q_w_ptr, k_w_ptr, slot_ptr, k_cache_ptr, v_cache_ptr,
     stride_tok, stride_slot, num_q_heads, num_kv_heads, eps,
-    HEAD_DIM: tl.constexpr, QK_NORM: tl.constexpr, STORE_KV: tl.constexpr,
+    HEAD_DIM: tl.constexpr, QK_NORM: tl.constexpr, STORE_KV: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # `launch.dependent_launch`
+        gdc_wait()
+        gdc_launch_dependents()
     tok = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
@@ -135,16 +144,20 @@ def qk_norm_rope_(
             and v_cache.is_contiguous()
             and k_cache.shape[1:] == (num_kv_heads, head_dim)
         )
+    pdl = dependent_launch(qkv.device)
     _qk_norm_rope((n, num_q_heads + num_kv_heads),
         qkv, positions, cos_sin, q_weight if qk_norm else cos_sin, k_weight if qk_norm else cos_sin,
         slot_mapping if store else positions, k_cache if store else qkv, v_cache if store else qkv,
         qkv.stride(0), k_cache.stride(0) if store else 0, num_q_heads, num_kv_heads, eps,
-        HEAD_DIM=head_dim, QK_NORM=qk_norm, STORE_KV=store, num_warps=1,
+        HEAD_DIM=head_dim, QK_NORM=qk_norm, STORE_KV=store, PDL=pdl, num_warps=1, launch_pdl=pdl,
     )  # fmt: skip
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, width, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, width, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # `launch.dependent_launch`
+        gdc_wait()
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < width
@@ -165,7 +178,8 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return out
     block = 1024
-    _silu_and_mul(
-        (n, triton.cdiv(width, block)), x, out, x.stride(0), out.stride(0), width, BLOCK=block, num_warps=4
-    )
+    pdl = dependent_launch(x.device)
+    _silu_and_mul((n, triton.cdiv(width, block)),
+        x, out, x.stride(0), out.stride(0), width, BLOCK=block, PDL=pdl, num_warps=4, launch_pdl=pdl,
+    )  # fmt: skip
     return out

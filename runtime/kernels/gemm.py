@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from graphpilot.runtime.kernels.launch import FastKernel, num_sms
+from graphpilot.runtime.kernels.launch import FastKernel, dependent_launch, num_sms
 
 MAX_ROWS = 32  # rows in one tile (16 or 32); beyond this cuBLAS is used
 
@@ -23,7 +24,10 @@ MAX_ROWS = 32  # rows in one tile (16 or 32); beyond this cuBLAS is used
 def _skinny_mm_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, m, n, k, stride_x, stride_w, stride_out,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
+    if PDL:  # `launch.dependent_launch`: x is the previous kernel's output
+        gdc_wait()
     pid = tl.program_id(0)
     rows = tl.arange(0, BLOCK_M)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -38,6 +42,8 @@ def _skinny_mm_kernel(
         x = tl.load(x_ptrs + k0, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptrs + k0, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(x, tl.trans(w), acc)
+    if PDL:  # the next kernel may launch once every program is here (earlier, it competes for SMs)
+        gdc_launch_dependents()
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     out_ptrs = out_ptr + rows[:, None].to(tl.int64) * stride_out + cols[None, :]
@@ -68,11 +74,12 @@ def skinny_mm(
         return out
     if block_n is None:
         block_n, block_k, num_stages = skinny_config(n, num_sms(x.device))
+    pdl = dependent_launch(x.device)
     _skinny_mm((triton.cdiv(n, block_n),),
         x, weight, bias if bias is not None else weight, out, m, n, k,
         x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=16 if m <= 16 else 32, BLOCK_N=block_n, BLOCK_K=block_k,
-        num_warps=4, num_stages=num_stages,
+        PDL=pdl, num_warps=4, num_stages=num_stages, launch_pdl=pdl,
     )  # fmt: skip
     return out
 

@@ -22,6 +22,7 @@ import torch
 from triton import knobs
 
 FAST_LAUNCH = os.environ.get("GRAPHPILOT_FAST_LAUNCH", "1") != "0"
+DEPENDENT_LAUNCH = os.environ.get("GRAPHPILOT_PDL", "1") != "0"
 
 
 class FastKernel:
@@ -117,3 +118,22 @@ def num_sms(device: torch.device) -> int:
     if index not in _SM_COUNT:
         _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
     return _SM_COUNT[index]
+
+
+_PDL: dict[int, bool] = {}
+
+
+def dependent_launch(device: torch.device) -> bool:
+    """Whether the per-layer kernels on `device` launch with programmatic dependent launch (PDL,
+    Hopper and later; GRAPHPILOT_PDL=0 turns it off). Such a kernel is scheduled while the kernel
+    before it in the stream is still finishing, and each of its programs waits (`gdc_wait`, before
+    any load or store) for that kernel's writes: the launch latency and the previous kernel's tail
+    overlap. That holds inside a captured graph too, where a decode layer is a chain of small kernels.
+    Every kernel launched so must call `gdc_wait` in every program, so that waiting on it also waits
+    on everything before it."""
+    if not DEPENDENT_LAUNCH or device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _PDL:
+        _PDL[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return _PDL[index]

@@ -82,7 +82,9 @@ def test_live_retune_on_gpu_keeps_outputs(engine) -> None:
     results = []
     ids = [engine.add_request(p, params) for p in prompts]
     outputs = {i: [] for i in ids}
-    ladders = [(1, 8, 64, 512), (2, 4, 16, 128, 512), BUCKETS]
+    # every ladder keeps the 8-row decode in a bucket of 8: a bigger bucket may take another GEMM
+    # kernel (the table is per row count), whose bf16 rounding can flip random-weight greedy ties
+    ladders = [(1, 8, 64, 512), (2, 4, 8, 128, 512), BUCKETS]
     while engine.has_unfinished():
         if ladders and not engine.runner.capturing:  # the next profile once the last one landed
             engine.apply_profile(ladders.pop(0), on_done=results.append)

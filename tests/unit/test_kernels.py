@@ -279,3 +279,49 @@ def test_step_plan_replays_the_first_layers_launch_with_each_layers_cache(
         assert torch.equal(out, run(kc, vc, None))
     assert len(plan) == 1  # bound once, replayed for the second layer
     assert not torch.equal(first, out)  # the second layer really read its own cache
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 32])
+def test_dependent_launch_gives_the_same_layers_in_a_graph(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels launched with programmatic dependent launch start while the previous one finishes;
+    each must still see its input complete. A captured chain of decode-layer kernels (norm with
+    residual, skinny multiplies, activation) gives the same bits with it as without it."""
+    from graphpilot.runtime.kernels import launch
+
+    assert launch.dependent_launch(torch.device("cuda")) == (torch.cuda.get_device_capability()[0] >= 9)
+    g = torch.Generator(device="cuda").manual_seed(7)
+    hidden, inter = 1024, 3072
+    layers = [
+        [torch.randn(*s, generator=g, device="cuda", dtype=torch.bfloat16) * 0.03
+         for s in ((hidden,), (2 * inter, hidden), (hidden, inter))]
+        for _ in range(6)
+    ]  # fmt: skip
+    x0 = torch.randn(rows, hidden, generator=g, device="cuda", dtype=torch.bfloat16)
+
+    def stack() -> torch.Tensor:
+        x, res = x0, None
+        for norm_w, gate_up, down in layers:
+            h, res = rms_norm(x, norm_w + 1, 1e-6, res if res is not None else x)
+            x = skinny_mm(silu_and_mul(skinny_mm(h, gate_up)), down)
+        return x
+
+    def replayed() -> torch.Tensor:
+        stack()  # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = stack()
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        return out.clone()
+
+    with_pdl = replayed()
+    monkeypatch.setattr(launch, "DEPENDENT_LAUNCH", False)
+    monkeypatch.setattr(launch, "_PDL", {})
+    assert not launch.dependent_launch(torch.device("cuda"))
+    without = replayed()
+    assert torch.equal(with_pdl, without)
+    assert with_pdl.abs().max().item() > 0
