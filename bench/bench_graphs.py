@@ -29,7 +29,8 @@ from graphpilot.runtime.engine import context
 from graphpilot.runtime.engine.context import ForwardContext, forward_context
 from graphpilot.runtime.engine.engine import Engine
 from graphpilot.runtime.engine.request import SamplingParams
-from graphpilot.runtime.kernels import launch
+from graphpilot.runtime.engine.scheduler import Scheduler
+from graphpilot.runtime.kernels import launch, paged_attention
 from graphpilot.runtime.layers import linear
 from graphpilot.runtime.models.presets import init_model
 
@@ -37,8 +38,8 @@ from graphpilot.runtime.models.presets import init_model
 def make_engine(model_dir: str, backend: str, concurrency: int, args: argparse.Namespace) -> Engine:
     # e.g. cuda+sync: async scheduling off; cuda+cublas: cuBLAS for every matrix multiply; cuda+nocap:
     # a step with decodes takes prefill chunks up to max_num_batched_tokens (no mixed-step budget);
-    # cuda+cap256: a mixed-step budget of 256 tokens instead of the measured one; +rows64, +hotgemm
-    # and +nopdl: `previous_choices`
+    # cuda+cap256: a mixed-step budget of 256 tokens instead of the measured one; +rows64, +hotgemm,
+    # +nopdl and +nolpt: `previous_choices`
     graph_backend, *modes = backend.split("+")
     mixed = next((int(m[3:]) for m in modes if m.startswith("cap")), None)
     return Engine(EngineConfig(
@@ -241,7 +242,8 @@ def main() -> None:
                    help="backend:concurrency, in order; +sync: async scheduling off; +cublas: cuBLAS for "
                         "every matrix multiply; +nocap: no mixed-step token budget; +capN: a budget of N tokens; "
                         "+rows64: 64-row query tiles in mixed steps; +hotgemm: GEMM kernels timed hot in L2; "
-                        "+nopdl: no programmatic dependent launch; "
+                        "+nopdl: no programmatic dependent launch; +nolpt: decode attention in "
+                        "running order, one KV head at a time; "
                         "hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
@@ -335,9 +337,12 @@ def previous_choices(modes: list[str]) -> Any:
     """For one engine's run, the choices before the current ones: +rows64, 64-row query tiles in
     every step with a prefill (not 16-row ones where decodes outnumber the prefill's tiles);
     +hotgemm, GEMM kernels timed on one weight, hot in L2 (not on copies cold in L2); +nopdl, every
-    kernel launched only once the one before it has finished (`launch.dependent_launch` off).
-    Returns the function that puts the current choices back."""
+    kernel launched only once the one before it has finished (`launch.dependent_launch` off); +nolpt,
+    decode-only steps in running order with the decode attention grid (requests, KV heads), not
+    longest context first with a request's KV heads side by side. Returns the function that puts the
+    current choices back."""
     tile_tokens, copies, pdl = context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH
+    lpt = Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST
     if "rows64" in modes:
         context.SMALL_TILE_TOKENS = 0
     if "hotgemm" in modes:
@@ -345,10 +350,13 @@ def previous_choices(modes: list[str]) -> Any:
     if "nopdl" in modes:
         launch.DEPENDENT_LAUNCH = False
     launch._PDL.clear()
+    if "nolpt" in modes:
+        Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = False, False
 
     def restore() -> None:
         context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH = tile_tokens, copies, pdl
         launch._PDL.clear()
+        Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = lpt
 
     return restore
 

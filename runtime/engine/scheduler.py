@@ -11,6 +11,10 @@ larger one costs in proportion to its tokens: prefill chunks that fit under that
 the decodes nearly free, while a 2,048-token chunk stalls every running stream for a prefill step.
 The engine sets the value from the captured buckets' measured replay times (`profile.mixed_step_knee`).
 
+A step in which every request decodes lists them longest context first: the attention kernel then
+starts the longest requests' programs first, and the short ones fill in behind them, where in
+arrival order a long request started late sets the step's end (`longest_first`).
+
 When the KV pool runs out, the newest running request is preempted: its blocks are freed and it
 waits to be recomputed; nothing is dropped.
 """
@@ -35,6 +39,8 @@ class ScheduledBatch:
 
 
 class Scheduler:
+    longest_first = True  # decode-only batches, longest context first (False: running order)
+
     def __init__(
         self,
         pool: BlockPool,
@@ -93,6 +99,8 @@ class Scheduler:
             batch.requests.append(req)
             batch.num_new_tokens.append(n)
             budget -= n
+        if self.longest_first and batch.num_tokens == len(batch.requests):  # every request decodes
+            batch.requests.sort(key=lambda r: -r.num_computed_tokens)
         return batch if batch.requests else None
 
     def _make_room(self, req: Request, n: int) -> bool:

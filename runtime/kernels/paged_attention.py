@@ -34,6 +34,7 @@ SPLIT_WAVES = 4  # decode programs per SM to aim for (bench/bench_attention.py)
 # unsplit path of batches that fill the GPU
 SPLIT_TILE = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
 DECODE_TILE = {"BLOCK_N": 128, "num_warps": 4, "num_stages": 2}
+DECODE_HEADS_FIRST = True  # decode-only grid (KV heads, requests); False: (requests, KV heads)
 
 
 @triton.jit
@@ -82,10 +83,14 @@ def _paged_attention_kernel(
     block_tables_ptr, query_start_ptr, seq_lens_ptr, block_req_ptr, block_q0_ptr,
     stride_q, stride_out, stride_table, max_pages, stride_slot, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEADS_FIRST: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    if HEADS_FIRST:  # a request's KV heads are neighbouring programs (`paged_attention`)
+        kv_head = tl.program_id(0)
+        pid = tl.program_id(1)
+    else:
+        pid = tl.program_id(0)
+        kv_head = tl.program_id(1)
     if BLOCK_Q == 1:  # decode only: program i is request i's one token, no schedule to read first
         req = pid
         q0 = 0
@@ -292,8 +297,13 @@ def paged_attention(
         q.stride(0), out.stride(0), block_tables.stride(0), block_tables.shape[1], k_cache.stride(0),
         scale * LOG2E,
     )  # fmt: skip
-    meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, **tile)
-    return _launch(_paged_attention, (programs, kv_heads), args, meta, plan, key)
+    # decode-only: a request's KV heads launch side by side, so the scheduler's longest-first order
+    # (`Scheduler.longest_first`) is the launch order and neighbouring programs read the same pages
+    heads_first = block_q == 1 and DECODE_HEADS_FIRST
+    meta = dict(GROUP=group, HEAD_DIM=head_dim, PAGE=page_size, BLOCK_Q=block_q, BLOCK_M=block_m, **tile,
+                HEADS_FIRST=heads_first)  # fmt: skip
+    grid = (kv_heads, programs) if heads_first else (programs, kv_heads)
+    return _launch(_paged_attention, grid, args, meta, plan, key)
 
 
 def _launch(

@@ -77,6 +77,27 @@ def test_more_decodes_than_the_budget_still_all_decode() -> None:
     assert "new" not in step  # no token left for prefill this step
 
 
+def test_a_decode_only_step_lists_the_longest_contexts_first() -> None:
+    """The attention kernel launches programs in batch order; longest first, a long request never
+    starts last. A step with a prefill chunk keeps the running order."""
+    sched = Scheduler(BlockPool(64, block_size=16), max_num_batched_tokens=256, max_running_requests=8)
+    for i, prompt in enumerate((5, 40, 12, 40, 30)):
+        sched.add(Request(list(range(prompt)), PARAMS, request_id=f"r{i}"))
+    assert list(run_step(sched)) == ["r0", "r1", "r2", "r3", "r4"]  # prefill: arrival order
+    sched.add(Request(list(range(3)), PARAMS, request_id="late"))
+    assert list(run_step(sched)) == ["r0", "r1", "r2", "r3", "r4", "late"]  # with chunks: running order
+    assert list(run_step(sched)) == [
+        "r1",
+        "r3",
+        "r4",
+        "r2",
+        "r0",
+        "late",
+    ]  # decode only: 41, 41, 31, 13, 6, 3
+    sched.longest_first = False
+    assert list(run_step(sched)) == ["r0", "r1", "r2", "r3", "r4", "late"]
+
+
 # replay seconds per bucket as measured on a qwen3-8b shape (bench/results/graphs-qwen3-8b.json)
 QWEN3_8B = {1: 4.46, 2: 4.52, 4: 4.57, 8: 4.63, 16: 4.65, 24: 4.75, 32: 4.75, 48: 4.92, 64: 4.94,
             96: 5.30, 128: 5.36, 160: 5.88, 192: 6.35, 256: 6.82, 512: 11.3, 2048: 46.2}  # fmt: skip
