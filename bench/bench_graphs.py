@@ -349,13 +349,11 @@ def previous_choices(modes: list[str]) -> Any:
         linear.cold_copies = lambda w: [w]
     if "nopdl" in modes:
         launch.DEPENDENT_LAUNCH = False
-    launch._PDL.clear()
     if "nolpt" in modes:
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = False, False
 
     def restore() -> None:
         context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH = tile_tokens, copies, pdl
-        launch._PDL.clear()
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = lpt
 
     return restore

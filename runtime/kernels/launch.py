@@ -107,20 +107,22 @@ def _hooks() -> tuple[Any, Any]:
     return tuple(None if h is None or not getattr(h, "calls", True) else h for h in hooks)  # type: ignore[return-value]
 
 
-_SM_COUNT: dict[int, int] = {}
+_PROPS: dict[int, Any] = {}
+
+
+def _props(device: torch.device) -> Any:
+    """`device`'s properties, cached (kernels consult them on every launch)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _PROPS:
+        _PROPS[index] = torch.cuda.get_device_properties(index)
+    return _PROPS[index]
 
 
 def num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of `device`, cached (kernels size their grids by it every step)."""
+    """Streaming multiprocessors of `device` (kernels size their grids by it every step)."""
     if device.type != "cuda":
         return 32  # Triton's CPU interpreter (tests): a small GPU, so both decode attention paths run
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
-
-
-_PDL: dict[int, bool] = {}
+    return int(_props(device).multi_processor_count)
 
 
 def dependent_launch(device: torch.device) -> bool:
@@ -131,9 +133,4 @@ def dependent_launch(device: torch.device) -> bool:
     overlap. That holds inside a captured graph too, where a decode layer is a chain of small kernels.
     Every kernel launched so must call `gdc_wait` in every program, so that waiting on it also waits
     on everything before it."""
-    if not DEPENDENT_LAUNCH or device.type != "cuda":
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _PDL:
-        _PDL[index] = torch.cuda.get_device_capability(index)[0] >= 9
-    return _PDL[index]
+    return DEPENDENT_LAUNCH and device.type == "cuda" and _props(device).major >= 9

@@ -320,7 +320,6 @@ def test_dependent_launch_gives_the_same_layers_in_a_graph(
 
     with_pdl = replayed()
     monkeypatch.setattr(launch, "DEPENDENT_LAUNCH", False)
-    monkeypatch.setattr(launch, "_PDL", {})
     assert not launch.dependent_launch(torch.device("cuda"))
     without = replayed()
     assert torch.equal(with_pdl, without)
