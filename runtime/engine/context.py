@@ -112,10 +112,15 @@ def build_step_inputs(
         parts += [query_start, cl, np.asarray(block_req, np.int64), np.asarray(block_q0, np.int64)]
     # each part starts on a 16-byte boundary: Triton specialises kernels on pointer alignment, and
     # misaligned views would compile a new variant whenever a part's offset changes
-    sizes = [len(p) for p in parts]
-    padded = [p if len(p) % 2 == 0 else np.append(p, 0) for p in parts]
-    packed = torch.from_numpy(np.concatenate(padded)).to(device, non_blocking=True)
-    views = [v[:n] for v, n in zip(packed.split([len(p) for p in padded]), sizes, strict=True)]
+    offsets, total = [], 0
+    for part in parts:
+        offsets.append(total)
+        total += len(part) + len(part) % 2
+    host = np.zeros(total, dtype=np.int64)
+    for part, at in zip(parts, offsets, strict=True):
+        host[at : at + len(part)] = part
+    packed = torch.from_numpy(host).to(device, non_blocking=True)
+    views = [packed[at : at + len(part)] for part, at in zip(parts, offsets, strict=True)]
     meta = AttentionMetadata(
         slot_mapping=views[2],
         query_start=starts.tolist(),

@@ -73,13 +73,20 @@ class Break:
     row_args: list[bool]
     out: torch.Tensor  # shared output buffer (full size)
     into_out: bool = False  # the op writes into `out=` itself: no copy
+    # per live row count: the arguments' and the output's first n rows (views cost a microsecond
+    # each to make, and a step runs a break per layer)
+    views: dict[int, tuple[list[Any], torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def run(self, n: int) -> None:
-        args = [a[:n] if r else a for a, r in zip(self.args, self.row_args, strict=True)]
+        got = self.views.get(n)
+        if got is None:
+            args = [a[:n] if r else a for a, r in zip(self.args, self.row_args, strict=True)]
+            got = self.views[n] = (args, self.out[:n])
+        args, out = got
         if self.into_out:
-            self.fn(*args, out=self.out[:n])
+            self.fn(*args, out=out)
         else:
-            self.out[:n].copy_(self.fn(*args))
+            out.copy_(self.fn(*args))
 
 
 class EagerBreaks:

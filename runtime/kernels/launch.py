@@ -9,7 +9,10 @@ directly. The first call for a new key goes through Triton (which compiles) and 
 Dtypes are fixed per call site (one engine, one dtype) and are part of the key only through the
 first call's compile. `bind` goes one step further for a launch repeated once per layer with only
 the layer's cache tensors changing (attention): it resolves everything once and returns a function
-of those tensors. Set GRAPHPILOT_FAST_LAUNCH=0 to always take Triton's path.
+of those tensors. Both hand the launcher tensors as their device addresses: given a tensor, Triton's
+launcher calls its `data_ptr()` and asks the driver whether the address is a device one, about half
+a microsecond per pointer, where an int goes straight in (the first call, through Triton, has checked
+the call site's tensors). Set GRAPHPILOT_FAST_LAUNCH=0 to always take Triton's path.
 """
 
 from __future__ import annotations
@@ -37,24 +40,27 @@ class FastKernel:
         self._tensor_idx: tuple[int, ...] | None = None
         self._int_idx: tuple[int, ...] = ()
 
-    def _key(self, args: tuple[Any, ...], meta: dict[str, Any]) -> tuple[Any, ...]:
+    def _key(self, args: tuple[Any, ...], meta: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any]]:
+        """(the compiled kernel's key, `args` with every tensor replaced by its device address)."""
         if self._tensor_idx is None:  # argument kinds are fixed per kernel
             self._tensor_idx = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
             self._int_idx = tuple(
                 i for i, a in enumerate(args)
                 if isinstance(a, int) and not isinstance(a, bool) and i not in self.no_spec
             )  # fmt: skip
+        flat = list(args)
         aligned = 0
         for i in self._tensor_idx:
-            aligned = (aligned << 1) | (args[i].data_ptr() & 15 == 0)
+            ptr = flat[i] = args[i].data_ptr()
+            aligned = (aligned << 1) | (ptr & 15 == 0)
         ints = tuple((args[i] == 1, args[i] & 15 == 0, -(2**31) <= args[i] < 2**31) for i in self._int_idx)
-        return (args[0].device.index, aligned, ints, *meta.values())
+        return (args[0].device.index, aligned, ints, *meta.values()), flat
 
     def __call__(self, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
         if not FAST_LAUNCH or not args[0].is_cuda:
             self.fn[grid](*args, **meta)
             return
-        key = self._key(args, meta)
+        key, flat = self._key(args, meta)
         hit = self._compiled.get(key)
         if hit is None:
             kernel = self.fn[grid](*args, **meta)
@@ -63,7 +69,7 @@ class FastKernel:
         kernel, constexprs = hit
         stream = torch._C._cuda_getCurrentRawStream(key[0])
         grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
-        full = (*args, *constexprs)
+        full = (*flat, *constexprs)
         enter, leave = _hooks()
         launch_metadata = kernel.launch_metadata(grid3, stream, *full) if enter is not None else None
         kernel.run(
@@ -78,7 +84,7 @@ class FastKernel:
         The launcher returns False, launching nothing, for tensors of other alignment than `args`'."""
         if not FAST_LAUNCH or not args[0].is_cuda or _hooks() != (None, None):
             return None
-        key = self._key(args, meta)
+        key, flat = self._key(args, meta)
         hit = self._compiled.get(key)
         if hit is None:
             return None
@@ -86,14 +92,15 @@ class FastKernel:
         stream = torch._C._cuda_getCurrentRawStream(key[0])
         grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
         head = (*grid3, stream, kernel.function, kernel.packed_metadata, None, None, None)
-        full = [*args, *constexprs]
-        aligned = [args[i].data_ptr() & 15 == 0 for i in swap]
+        full = [*flat, *constexprs]
+        aligned = [flat[i] & 15 == 0 for i in swap]
 
         def launch(*tensors: torch.Tensor) -> bool:
             for i, t, a in zip(swap, tensors, aligned, strict=True):
-                if (t.data_ptr() & 15 == 0) != a:
+                ptr = t.data_ptr()
+                if (ptr & 15 == 0) != a:
                     return False
-                full[i] = t
+                full[i] = ptr
             kernel.run(*head, *full)
             return True
 

@@ -263,8 +263,7 @@ def paged_attention(
         return out
     key = None
     if plan is not None and q.is_cuda:
-        stream = torch._C._cuda_getCurrentRawStream(q.device.index)
-        key = (q.data_ptr(), out.data_ptr(), q.shape[0], stream, splits or 0)
+        key = plan_key(q, out, splits)
         bound = plan.get(key)
         if bound is not None and bound(k_cache, v_cache):
             return out
@@ -304,6 +303,13 @@ def paged_attention(
                 HEADS_FIRST=heads_first)  # fmt: skip
     grid = (kv_heads, programs) if heads_first else (programs, kv_heads)
     return _launch(_paged_attention, grid, args, meta, plan, key)
+
+
+def plan_key(q: torch.Tensor, out: torch.Tensor, splits: int | None = None) -> tuple[int, ...]:
+    """The key of a launch bound in a step's `plan`: the same query and output buffers, rows, stream
+    and split choice (the first layer's call binds it, the next layers' find it)."""
+    stream = torch._C._cuda_getCurrentRawStream(q.device.index)
+    return (q.data_ptr(), out.data_ptr(), q.shape[0], stream, splits or 0)
 
 
 def _launch(

@@ -151,3 +151,31 @@ def test_triton_attention_needs_a_gpu(tiny_dir: str) -> None:
 
     with pytest.raises(ConfigError, match="attention_backend triton needs a CUDA GPU"):
         make_engine(tiny_dir, device="cpu", attention_backend="triton")
+
+
+def test_step_inputs_travel_in_one_copy_with_every_part_16_byte_aligned() -> None:
+    """A step's inputs go to the device in one copy. Every part starts on a 16-byte boundary even
+    when parts have odd lengths: Triton specialises a kernel on its pointers' alignment, so a
+    misaligned part would compile a new kernel variant in the middle of serving."""
+    import torch
+
+    from graphpilot.runtime.engine.context import build_step_inputs
+
+    ids = [11, 12, 13, 21, 31, 32]
+    inp = build_step_inputs(
+        ids, [3, 1, 2], [3, 9, 7], [[4], [5, 6, 7], [8, 9]], 4, torch.device("cpu"), 2, [2, 3, 5]
+    )
+    a = inp.attn
+    parts = [inp.input_ids, inp.positions, a.slot_mapping, inp.sample_rows, a.block_tables,
+             a.query_start_loc, a.seq_lens, a.block_req, a.block_q0]  # fmt: skip
+    base = inp.input_ids.untyped_storage().data_ptr()
+    for part in parts:
+        assert part is not None and part.untyped_storage().data_ptr() == base  # one buffer
+        assert (part.data_ptr() - base) % 16 == 0
+    assert inp.input_ids.tolist() == ids
+    assert inp.positions.tolist() == [0, 1, 2, 8, 5, 6]
+    assert a.slot_mapping.tolist() == [16, 17, 18, 28, 37, 38]  # page * 4 + position % 4
+    assert inp.sample_rows.tolist() == [2, 3, 5]
+    assert a.block_tables.tolist() == [[4, 0, 0], [5, 6, 7], [8, 9, 0]]
+    assert a.query_start_loc is not None and a.query_start_loc.tolist() == [0, 3, 4, 6]
+    assert a.seq_lens is not None and a.seq_lens.tolist() == [3, 9, 7]

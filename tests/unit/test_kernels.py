@@ -226,6 +226,27 @@ def test_skinny_mm_matches_torch(
 
 
 @pytest.mark.gpu
+def test_repeated_launches_compute_on_each_calls_own_tensors() -> None:
+    """After a call site's first launch (compiled through Triton) the next ones hand the launcher the
+    device addresses of their own arguments: each call must read and write its own tensors."""
+    w = torch.randn(256, dtype=torch.bfloat16, device="cuda")
+    norm = RMSNorm(256, 1e-6).to("cuda", torch.bfloat16)
+    norm.weight.data = w
+    weight = torch.randn(64, 256, dtype=torch.bfloat16, device="cuda") / 16
+    alive = []  # every call's tensors stay allocated, so no two calls share an address
+    for _ in range(3):  # the first call compiles, the others take the cached path
+        x = torch.randn(5, 256, dtype=torch.bfloat16, device="cuda")
+        res = torch.randn(5, 256, dtype=torch.bfloat16, device="cuda")
+        out, new_res = rms_norm(x, w, 1e-6, res)
+        assert new_res is not None
+        torch.testing.assert_close(new_res, x + res, rtol=0, atol=0)
+        _close(out, norm._norm(x + res), torch.bfloat16)
+        y = skinny_mm(out, weight)
+        _close(y, F.linear(out.float(), weight.float()), torch.bfloat16, ulps=2)
+        alive += [x, res, out, new_res, y]
+
+
+@pytest.mark.gpu
 def test_gemm_table_routes_measured_shapes_to_the_skinny_kernel() -> None:
     w = torch.randn(1024, 2048, dtype=torch.bfloat16, device="cuda") / 45
     table = GemmTable()
