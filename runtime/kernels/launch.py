@@ -12,7 +12,8 @@ the layer's cache tensors changing (attention): it resolves everything once and 
 of those tensors. Both hand the launcher tensors as their device addresses: given a tensor, Triton's
 launcher calls its `data_ptr()` and asks the driver whether the address is a device one, about half
 a microsecond per pointer, where an int goes straight in (the first call, through Triton, has checked
-the call site's tensors). Set GRAPHPILOT_FAST_LAUNCH=0 to always take Triton's path.
+the call site's tensors; with a launch hook set, as a profiler does, the tensors go as they are). Set
+GRAPHPILOT_FAST_LAUNCH=0 to always take Triton's path.
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ class FastKernel:
         kernel, constexprs = hit
         stream = torch._C._cuda_getCurrentRawStream(key[0])
         grid3 = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
-        full = (*flat, *constexprs)
         enter, leave = _hooks()
-        launch_metadata = kernel.launch_metadata(grid3, stream, *full) if enter is not None else None
+        if enter is None:
+            launch_metadata, full = None, (*flat, *constexprs)
+        else:  # a hook (a profiler) may read the arguments: give it the tensors
+            full = (*args, *constexprs)
+            launch_metadata = kernel.launch_metadata(grid3, stream, *full)
         kernel.run(
             *grid3, stream, kernel.function, kernel.packed_metadata, launch_metadata, enter, leave, *full
         )
