@@ -31,10 +31,11 @@ class Sampler:
     def __call__(
         self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[str]
     ) -> torch.Tensor:
-        # logits: [b, vocab] fp32 -> token ids [b]
+        # logits: [b, vocab] (fp32 unless every row is greedy) -> token ids [b]
         greedy = logits.argmax(dim=-1)
         if all(p.greedy for p in params):
             return greedy
+        logits = logits.float()
         temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=logits.device)
         probs = self._filter(logits / temps[:, None], params).softmax(dim=-1)
         noise = torch.empty_like(probs).exponential_(generator=self.generator)

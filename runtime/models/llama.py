@@ -83,7 +83,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = linear(x, self.gate_up_proj.weight, table=self.gemm)
         if use_triton(gate_up):
-            act = silu_and_mul(gate_up)
+            act = silu_and_mul(gate_up, prefetch=self.down_proj.weight)
         else:
             gate, up = gate_up.chunk(2, dim=-1)
             act = F.silu(gate) * up
@@ -101,12 +101,14 @@ class DecoderLayer(nn.Module):
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # each norm has the next multiply's weight prefetched into L2 (`launch.l2_prefetch_bytes`)
+        qkv_weight = self.self_attn.qkv_proj.weight
         if residual is None:
-            residual, x = x, self.input_layernorm(x)
+            residual, x = x, self.input_layernorm(x, prefetch=qkv_weight)
         else:
-            x, residual = self.input_layernorm(x, residual)
+            x, residual = self.input_layernorm(x, residual, qkv_weight)
         x = self.self_attn(positions, x)
-        x, residual = self.post_attention_layernorm(x, residual)
+        x, residual = self.post_attention_layernorm(x, residual, self.mlp.gate_up_proj.weight)
         return self.mlp(x), residual
 
 
@@ -145,7 +147,9 @@ class LlamaForCausalLM(nn.Module):
         out, _ = self.norm(x, residual)
         return out
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        # hidden: [b, hidden] -> logits [b, vocab] in fp32
+    def compute_logits(self, hidden: torch.Tensor, fp32: bool = True) -> torch.Tensor:
+        # hidden: [b, hidden] -> logits [b, vocab], in fp32 or (fp32=False, enough for an argmax)
+        # in the model's dtype, without the cast's pass over [b, vocab]
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight, table=self.gemm).float()
+        logits = linear(hidden, weight, table=self.gemm)
+        return logits.float() if fp32 else logits

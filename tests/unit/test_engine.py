@@ -116,6 +116,19 @@ def test_top_k_one_is_greedy(tiny_dir: str) -> None:
     assert greedy[0].token_ids == topk1[0].token_ids
 
 
+def test_a_greedy_request_gets_the_same_tokens_beside_sampled_ones_in_bf16(tiny_dir: str) -> None:
+    # an all-greedy batch takes the argmax of the logits in the model's dtype, a batch with a
+    # sampled request casts them to fp32 first: the greedy request must not see the difference
+    engine = make_engine(tiny_dir, graph_backend="off", dtype="bfloat16")
+    prompt = "the model graph cache"
+    alone = engine.generate([prompt], GREEDY)[0].token_ids
+    beside = engine.generate(
+        [prompt, "request"], [GREEDY, SamplingParams(max_tokens=12, temperature=1.0, seed=3)]
+    )
+    assert beside[0].token_ids == alone
+    assert len(alone) == 12
+
+
 def test_prompt_longer_than_the_context_is_refused(tiny_dir: str) -> None:
     engine = make_engine(tiny_dir, graph_backend="off", max_model_len=64)
     with pytest.raises(RequestError, match="maximum context length is 64 tokens"):
