@@ -39,7 +39,7 @@ def make_engine(model_dir: str, backend: str, concurrency: int, args: argparse.N
     # e.g. cuda+sync: async scheduling off; cuda+cublas: cuBLAS for every matrix multiply; cuda+nocap:
     # a step with decodes takes prefill chunks up to max_num_batched_tokens (no mixed-step budget);
     # cuda+cap256: a mixed-step budget of 256 tokens instead of the measured one; +rows64, +hotgemm,
-    # +nopdl, +nolpt and +nol2pf: `previous_choices`
+    # +nopdl and +nolpt: `previous_choices`
     graph_backend, *modes = backend.split("+")
     mixed = next((int(m[3:]) for m in modes if m.startswith("cap")), None)
     return Engine(EngineConfig(
@@ -243,7 +243,7 @@ def main() -> None:
                         "every matrix multiply; +nocap: no mixed-step token budget; +capN: a budget of N tokens; "
                         "+rows64: 64-row query tiles in mixed steps; +hotgemm: GEMM kernels timed hot in L2; "
                         "+nopdl: no programmatic dependent launch; +nolpt: decode attention in "
-                        "running order, one KV head at a time; +nol2pf: no L2 prefetch of the next weight; "
+                        "running order, one KV head at a time; "
                         "hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
@@ -339,11 +339,9 @@ def previous_choices(modes: list[str]) -> Any:
     +hotgemm, GEMM kernels timed on one weight, hot in L2 (not on copies cold in L2); +nopdl, every
     kernel launched only once the one before it has finished (`launch.dependent_launch` off); +nolpt,
     decode-only steps in running order with the decode attention grid (requests, KV heads), not
-    longest context first with a request's KV heads side by side; +nol2pf, no L2 prefetch of the next
-    multiply's weight (`launch.l2_prefetch_bytes`). Returns the function that puts the current
-    choices back."""
+    longest context first with a request's KV heads side by side. Returns the function that puts the
+    current choices back."""
     tile_tokens, copies, pdl = context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH
-    l2pf = launch.L2_PREFETCH_MB
     lpt = Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST
     if "rows64" in modes:
         context.SMALL_TILE_TOKENS = 0
@@ -353,13 +351,10 @@ def previous_choices(modes: list[str]) -> Any:
         launch.DEPENDENT_LAUNCH = False
     if "nolpt" in modes:
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = False, False
-    if "nol2pf" in modes:
-        launch.L2_PREFETCH_MB = 0
 
     def restore() -> None:
         context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH = tile_tokens, copies, pdl
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = lpt
-        launch.L2_PREFETCH_MB = l2pf
 
     return restore
 

@@ -12,44 +12,15 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from graphpilot.runtime.kernels.launch import FastKernel, dependent_launch, l2_prefetch_bytes
-
-
-@triton.jit
-def _prefetch_l2(ptr, rows, stride, pid, nprog, BYTES: tl.constexpr, BLOCK: tl.constexpr):
-    """Ask the L2 for the first BYTES of each row of a [rows, stride] matrix (the next multiply's
-    weight), one 128-byte line per thread and instruction, programs `pid` of `nprog` taking every
-    nprog-th block of lines. Fire and forget: nothing waits for the bytes (`launch.l2_prefetch_bytes`)."""
-    lines: tl.constexpr = BYTES // 128
-    per_line: tl.constexpr = 128 // (ptr.dtype.element_ty.primitive_bitwidth // 8)
-    total = rows * lines
-    for i0 in range(pid * BLOCK, total, nprog * BLOCK):
-        i = tl.minimum(i0 + tl.arange(0, BLOCK), total - 1)
-        addr = ptr + (i // lines).to(tl.int64) * stride + (i % lines) * per_line
-        tl.inline_asm_elementwise(
-            "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;",
-            "=r,l",
-            [addr],
-            dtype=tl.int32,
-            is_pure=False,
-            pack=1,
-        )
+from graphpilot.runtime.kernels.launch import FastKernel, dependent_launch
 
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, pf_ptr,
-    stride_x, stride_res, stride_out, stride_res_out, n_cols, eps, pf_rows, pf_stride,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr, PF_BYTES: tl.constexpr,
-    PF_BLOCK: tl.constexpr, PF_PROGRAMS: tl.constexpr,
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
+    stride_x, stride_res, stride_out, stride_res_out, n_cols, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    if PF_BYTES > 0:  # programs past the rows prefetch (they need nothing from the kernel before)
-        n_rows = tl.num_programs(0) - PF_PROGRAMS
-        if tl.program_id(0) >= n_rows:
-            _prefetch_l2(
-                pf_ptr, pf_rows, pf_stride, tl.program_id(0) - n_rows, PF_PROGRAMS, PF_BYTES, PF_BLOCK
-            )
-            return
     if PDL:  # `launch.dependent_launch`
         gdc_wait()
         gdc_launch_dependents()
@@ -72,15 +43,9 @@ _rms_norm = FastKernel(_rms_norm_kernel)
 
 
 def rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float,
-    residual: torch.Tensor | None = None,
-    prefetch: torch.Tensor | None = None,
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """RMSNorm of `x` (of `x + residual` when given); returns (normed, new residual or None).
-    `prefetch`: the weight of the multiply that reads the output, whose first bytes per row are
-    asked into L2 while this kernel runs (`launch.l2_prefetch_bytes`)."""
+    """RMSNorm of `x` (of `x + residual` when given); returns (normed, new residual or None)."""
     # x, residual: [n, hidden]
     n, hidden = x.shape
     out = torch.empty_like(x)
@@ -91,12 +56,10 @@ def rms_norm(
     pdl = dependent_launch(x.device)
     res = residual if residual is not None else x
     ro = res_out if res_out is not None else out
-    warps = min(16, max(4, block // 256))
-    pf, pf_rows, pf_bytes = _prefetch_args(prefetch, x)
-    _rms_norm((n + (PF_PROGRAMS if pf_bytes else 0),),
-        x, res, weight, out, ro, pf, x.stride(0), res.stride(0), out.stride(0), ro.stride(0), hidden, eps,
-        pf_rows, pf.stride(0), HAS_RESIDUAL=residual is not None, BLOCK=block, PDL=pdl,
-        PF_BYTES=pf_bytes, PF_BLOCK=32 * warps, PF_PROGRAMS=PF_PROGRAMS, num_warps=warps, launch_pdl=pdl,
+    _rms_norm((n,),
+        x, res, weight, out, ro, x.stride(0), res.stride(0), out.stride(0), ro.stride(0), hidden, eps,
+        HAS_RESIDUAL=residual is not None, BLOCK=block, PDL=pdl,
+        num_warps=min(16, max(4, block // 256)), launch_pdl=pdl,
     )  # fmt: skip
     return out, res_out
 
@@ -191,17 +154,7 @@ def qk_norm_rope_(
 
 
 @triton.jit
-def _silu_and_mul_kernel(
-    x_ptr, out_ptr, pf_ptr, stride_x, stride_out, width, pf_rows, pf_stride,
-    BLOCK: tl.constexpr, PDL: tl.constexpr, PF_BYTES: tl.constexpr, PF_BLOCK: tl.constexpr,
-    PF_COLS: tl.constexpr,
-):  # fmt: skip
-    if PF_BYTES > 0:  # `rms_norm`'s prefetch, by the programs past the last column block
-        col_blocks = tl.num_programs(1) - PF_COLS
-        if tl.program_id(1) >= col_blocks:
-            pid = (tl.program_id(1) - col_blocks) * tl.num_programs(0) + tl.program_id(0)
-            _prefetch_l2(pf_ptr, pf_rows, pf_stride, pid, PF_COLS * tl.num_programs(0), PF_BYTES, PF_BLOCK)
-            return
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, width, BLOCK: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # `launch.dependent_launch`
         gdc_wait()
         gdc_launch_dependents()
@@ -218,32 +171,15 @@ def _silu_and_mul_kernel(
 _silu_and_mul = FastKernel(_silu_and_mul_kernel)
 
 
-def silu_and_mul(x: torch.Tensor, prefetch: torch.Tensor | None = None) -> torch.Tensor:
-    """silu(gate) * up for x = [gate | up]: [n, 2 * width] -> [n, width]; `prefetch` as in `rms_norm`."""
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for x = [gate | up]: [n, 2 * width] -> [n, width]."""
     n, width = x.shape[0], x.shape[1] // 2
     out = torch.empty(n, width, dtype=x.dtype, device=x.device)
     if n == 0:
         return out
     block = 1024
     pdl = dependent_launch(x.device)
-    pf, pf_rows, pf_bytes = _prefetch_args(prefetch, x)
-    pf_cols = -(-PF_PROGRAMS // n) if pf_bytes else 0
-    _silu_and_mul((n, triton.cdiv(width, block) + pf_cols),
-        x, out, pf, x.stride(0), out.stride(0), width, pf_rows, pf.stride(0),
-        BLOCK=block, PDL=pdl, PF_BYTES=pf_bytes, PF_BLOCK=128, PF_COLS=pf_cols, num_warps=4,
-        launch_pdl=pdl,
+    _silu_and_mul((n, triton.cdiv(width, block)),
+        x, out, x.stride(0), out.stride(0), width, BLOCK=block, PDL=pdl, num_warps=4, launch_pdl=pdl,
     )  # fmt: skip
     return out
-
-
-def _prefetch_args(weight: torch.Tensor | None, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(matrix, its rows, bytes per row) of a kernel's L2 prefetch of `weight`, the next multiply's
-    for the rows of `x` (`launch.l2_prefetch_bytes`); 0 rows and bytes where there is none."""
-    budget = l2_prefetch_bytes(x.device, x.shape[0]) if weight is not None else 0
-    row_bytes = weight.shape[1] * weight.element_size() // 128 * 128 if weight is not None else 0
-    if weight is None or budget == 0 or row_bytes == 0:
-        return x, 0, 0
-    return weight, weight.shape[0], max(128, min(row_bytes, 2048, budget // weight.shape[0] // 128 * 128))
-
-
-PF_PROGRAMS = 64  # programs that prefetch (`_prefetch_l2`), beside a kernel's own ones

@@ -27,8 +27,6 @@ from triton import knobs
 
 FAST_LAUNCH = os.environ.get("GRAPHPILOT_FAST_LAUNCH", "1") != "0"
 DEPENDENT_LAUNCH = os.environ.get("GRAPHPILOT_PDL", "1") != "0"
-L2_PREFETCH_MB = float(os.environ.get("GRAPHPILOT_L2_PREFETCH_MB", "3"))
-L2_PREFETCH_MAX_ROWS = 16  # `l2_prefetch_bytes`: no gain at 32 rows
 
 
 class FastKernel:
@@ -147,22 +145,3 @@ def dependent_launch(device: torch.device) -> bool:
     Every kernel launched so must call `gdc_wait` in every program, so that waiting on it also waits
     on everything before it."""
     return DEPENDENT_LAUNCH and device.type == "cuda" and _props(device).major >= 9
-
-
-def l2_prefetch_bytes(device: torch.device, rows: int) -> int:
-    """Bytes of the next matrix multiply's weight that the small kernel before it (`fused.rms_norm`,
-    `fused.silu_and_mul`) asks into L2 for it, spread over the weight's rows; 0 for none. Between
-    two multiplies of a small batch the memory idles for the few microseconds of that kernel and
-    the next one's start: prefetching the first K tiles of every weight row then (one
-    `prefetch.global.L2` per 128-byte line, from extra programs of that kernel, not waited for)
-    lets the multiply's first loads hit L2. Measured on an H200 over the 8B decode layers without
-    attention (`experiment-l2-prefetch.json`): 4-5 % less time at 1-8 rows, none at 32, where
-    cuBLAS takes the large multiplies. GRAPHPILOT_L2_PREFETCH_MB sets the bytes per weight (0: off)."""
-    if (
-        rows > L2_PREFETCH_MAX_ROWS
-        or L2_PREFETCH_MB <= 0
-        or device.type != "cuda"
-        or _props(device).major < 9
-    ):
-        return 0
-    return int(L2_PREFETCH_MB * 2**20)

@@ -24,12 +24,11 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None, prefetch: torch.Tensor | None = None
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        # x, residual: [num_tokens, hidden] (q/k norm: [num_tokens, heads, head_dim]); prefetch: the
-        # weight of the multiply that reads the output (`fused.rms_norm`)
+        # x, residual: [num_tokens, hidden] (q/k norm: [num_tokens, heads, head_dim])
         if use_triton(x) and x.dim() == 2:
-            out, new_residual = rms_norm(x, self.weight, self.eps, residual, prefetch)
+            out, new_residual = rms_norm(x, self.weight, self.eps, residual)
             return out if new_residual is None else (out, new_residual)
         if residual is None:
             return self._norm(x)

@@ -83,7 +83,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = linear(x, self.gate_up_proj.weight, table=self.gemm)
         if use_triton(gate_up):
-            act = silu_and_mul(gate_up, prefetch=self.down_proj.weight)
+            act = silu_and_mul(gate_up)
         else:
             gate, up = gate_up.chunk(2, dim=-1)
             act = F.silu(gate) * up
@@ -101,14 +101,12 @@ class DecoderLayer(nn.Module):
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # each norm has the next multiply's weight prefetched into L2 (`launch.l2_prefetch_bytes`)
-        qkv_weight = self.self_attn.qkv_proj.weight
         if residual is None:
-            residual, x = x, self.input_layernorm(x, prefetch=qkv_weight)
+            residual, x = x, self.input_layernorm(x)
         else:
-            x, residual = self.input_layernorm(x, residual, qkv_weight)
+            x, residual = self.input_layernorm(x, residual)
         x = self.self_attn(positions, x)
-        x, residual = self.post_attention_layernorm(x, residual, self.mlp.gate_up_proj.weight)
+        x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
 

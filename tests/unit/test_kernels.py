@@ -302,10 +302,17 @@ def test_step_plan_replays_the_first_layers_launch_with_each_layers_cache(
     assert not torch.equal(first, out)  # the second layer really read its own cache
 
 
-def _replayed_layer_chain(rows: int, prefetch: bool) -> torch.Tensor:
-    """A captured chain of decode-layer kernels (norm with residual, skinny multiplies, activation)
-    of six small layers, replayed three times; its output. `prefetch`: each norm and activation
-    is given the next multiply's weight to prefetch into L2."""
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 32])
+def test_dependent_launch_gives_the_same_layers_in_a_graph(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels launched with programmatic dependent launch start while the previous one finishes;
+    each must still see its input complete. A captured chain of decode-layer kernels (norm with
+    residual, skinny multiplies, activation) gives the same bits with it as without it."""
+    from graphpilot.runtime.kernels import launch
+
+    assert launch.dependent_launch(torch.device("cuda")) == (torch.cuda.get_device_capability()[0] >= 9)
     g = torch.Generator(device="cuda").manual_seed(7)
     hidden, inter = 1024, 3072
     layers = [
@@ -318,56 +325,23 @@ def _replayed_layer_chain(rows: int, prefetch: bool) -> torch.Tensor:
     def stack() -> torch.Tensor:
         x, res = x0, None
         for norm_w, gate_up, down in layers:
-            h, res = rms_norm(
-                x, norm_w + 1, 1e-6, res if res is not None else x, gate_up if prefetch else None
-            )
-            x = skinny_mm(silu_and_mul(skinny_mm(h, gate_up), down if prefetch else None), down)
+            h, res = rms_norm(x, norm_w + 1, 1e-6, res if res is not None else x)
+            x = skinny_mm(silu_and_mul(skinny_mm(h, gate_up)), down)
         return x
 
-    stack()  # compile outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = stack()
-    for _ in range(3):
-        graph.replay()
-    torch.cuda.synchronize()
-    return out.clone()
+    def replayed() -> torch.Tensor:
+        stack()  # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = stack()
+        for _ in range(3):
+            graph.replay()
+        torch.cuda.synchronize()
+        return out.clone()
 
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("rows", [1, 32])
-def test_dependent_launch_gives_the_same_layers_in_a_graph(
-    rows: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Kernels launched with programmatic dependent launch start while the previous one finishes;
-    each must still see its input complete: the captured layer chain gives the same bits with it
-    as without it."""
-    from graphpilot.runtime.kernels import launch
-
-    assert launch.dependent_launch(torch.device("cuda")) == (torch.cuda.get_device_capability()[0] >= 9)
-    with_pdl = _replayed_layer_chain(rows, prefetch=False)
+    with_pdl = replayed()
     monkeypatch.setattr(launch, "DEPENDENT_LAUNCH", False)
     assert not launch.dependent_launch(torch.device("cuda"))
-    without = _replayed_layer_chain(rows, prefetch=False)
+    without = replayed()
     assert torch.equal(with_pdl, without)
     assert with_pdl.abs().max().item() > 0
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("rows", [1, 16])
-def test_l2_prefetch_of_the_next_weight_leaves_the_layers_results_unchanged(
-    rows: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The norm and activation kernels of a small batch launch extra programs that prefetch the next
-    multiply's weight into L2 (on Hopper and later); the layer chain's output is bit for bit the one
-    without them."""
-    from graphpilot.runtime.kernels import launch
-
-    on_hopper = torch.cuda.get_device_capability()[0] >= 9
-    assert (launch.l2_prefetch_bytes(torch.device("cuda"), rows) > 0) == on_hopper
-    assert launch.l2_prefetch_bytes(torch.device("cuda"), 32) == 0  # no gain at 32 rows: off
-    prefetched = _replayed_layer_chain(rows, prefetch=True)
-    monkeypatch.setattr(launch, "L2_PREFETCH_MB", 0)
-    assert launch.l2_prefetch_bytes(torch.device("cuda"), rows) == 0
-    assert torch.equal(prefetched, _replayed_layer_chain(rows, prefetch=True))
-    assert prefetched.abs().max().item() > 0
