@@ -332,10 +332,9 @@ class Engine:
         hidden, route = self.runner.forward(input_ids, inputs.positions, ctx)
         if not sample_reqs:
             return [], None, route
-        params = [r.params for r in sample_reqs]
-        # greedy rows take the argmax, the same in the model's dtype as in fp32
-        logits = self.model.compute_logits(hidden[inputs.sample_rows], fp32=not all(p.greedy for p in params))
-        tokens = self.sampler(logits, params, [r.request_id for r in sample_reqs])
+        # logits in the model's dtype: the sampler casts them to fp32 where a row samples
+        logits = self.model.compute_logits(hidden[inputs.sample_rows], fp32=False)
+        tokens = self.sampler(logits, [r.params for r in sample_reqs], [r.request_id for r in sample_reqs])
         return sample_reqs, tokens, route
 
     def _step_async(self) -> list[RequestOutput]:

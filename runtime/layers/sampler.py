@@ -31,7 +31,8 @@ class Sampler:
     def __call__(
         self, logits: torch.Tensor, params: list[SamplingParams], request_ids: list[str]
     ) -> torch.Tensor:
-        # logits: [b, vocab] (fp32 unless every row is greedy) -> token ids [b]
+        # logits: [b, vocab], any float dtype -> token ids [b]; an all-greedy batch takes the argmax
+        # as it is (the same token as in fp32), any other is sampled in fp32
         greedy = logits.argmax(dim=-1)
         if all(p.greedy for p in params):
             return greedy
