@@ -113,6 +113,7 @@ def _batch(device: str, dtype: torch.dtype, query_lens: list[int], context_lens:
         pytest.param([1, 1, 1], [7, 1, 70], id="decode-split"),
         pytest.param([1], [700], id="decode-split-long"),
         pytest.param([1] * 20, [5 + 13 * i for i in range(20)], id="decode-wide"),
+        pytest.param([1] * 18, [700 - 39 * i for i in range(18)], id="decode-wide-page-windows"),
         pytest.param([37], [37], id="prefill"),
         pytest.param([1, 20, 1, 5], [9, 45, 2, 5], id="mixed-with-prefixes"),
     ],
