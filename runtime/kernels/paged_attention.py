@@ -35,7 +35,7 @@ SPLIT_WAVES = 4  # decode programs per SM to aim for (bench/bench_attention.py)
 SPLIT_TILE = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
 DECODE_TILE = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 # pages whose numbers an unsplit decode program reads ahead of its key loop (`_attend_windowed`;
-# `experiment-attention-window.json`: 4-15 % faster than looking each tile's pages up one tile ahead)
+# `experiment-attention-window.json`: 2-15 % faster than looking each tile's pages up one tile ahead)
 DECODE_PAGE_WINDOW = 64
 MIXED_TILE = {"BLOCK_N": 128, "num_warps": 4, "num_stages": 2}  # the 16-row query tiles of mixed steps
 DECODE_HEADS_FIRST = True  # decode-only grid (KV heads, requests); False: (requests, KV heads)
