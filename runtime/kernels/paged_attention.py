@@ -337,6 +337,7 @@ def paged_attention(
     window = 0
     if block_q == 1:  # decodes
         tile, window = DECODE_TILE, DECODE_PAGE_WINDOW
+        assert window * page_size % tile["BLOCK_N"] == 0, "a key tile must not straddle two page windows"
     elif block_m <= 16:  # decodes beside small prefill chunks
         tile = MIXED_TILE
     else:
