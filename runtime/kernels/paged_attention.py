@@ -73,24 +73,24 @@ def _attend(
 
 @triton.jit
 def _attend_windowed(
-    q, q_pos, table, max_pages, k_cache_ptr, v_cache_ptr, stride_slot, head_off, lo, hi, scale_log2,
+    q, q_pos, table, max_pages, k_cache_ptr, v_cache_ptr, stride_slot, head_off, hi, scale_log2,
     BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
     WINDOW: tl.constexpr, CAUSAL: tl.constexpr,
 ):  # fmt: skip
-    """`_attend` with the page numbers read WINDOW pages at a time, before the key loop over them,
-    and picked per key tile from registers: no key load waits on a page lookup. (BLOCK_N divides
-    WINDOW * PAGE, so a tile never straddles two windows.)"""
+    """`_attend` over keys [0, hi) with the page numbers read WINDOW pages at a time, before the key
+    loop over them, and picked per key tile from registers: no key load waits on a page lookup.
+    (BLOCK_N divides WINDOW * PAGE, so a tile never straddles two windows.)"""
     dims = tl.arange(0, HEAD_DIM)
     offs = tl.arange(0, BLOCK_N)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     span: tl.constexpr = WINDOW * PAGE
-    for w_lo in range(lo - lo % span, hi, span):
+    for w_lo in range(0, hi, span):
         first = w_lo // PAGE
         w = first + tl.arange(0, WINDOW)
         pages = tl.load(table + w, mask=w < max_pages, other=0)
-        for start in range(tl.maximum(lo, w_lo), tl.minimum(hi, w_lo + span), BLOCK_N):
+        for start in range(w_lo, tl.minimum(hi, w_lo + span), BLOCK_N):
             k_pos = start + offs
             k_ok = k_pos < hi
             page = tl.gather(pages, tl.minimum(k_pos // PAGE - first, WINDOW - 1), 0)
@@ -162,7 +162,7 @@ def _paged_attention_kernel(
     table = block_tables_ptr + req.to(tl.int64) * stride_table
     if PAGE_WINDOW > 0:  # decode: page numbers ahead of the key loop
         acc, _, l_i = _attend_windowed(q, q_pos, table, max_pages, k_cache_ptr, v_cache_ptr, stride_slot, kv_head * HEAD_DIM,
-                                       0, kv_end, scale_log2, BLOCK_M, HEAD_DIM, PAGE, BLOCK_N, PAGE_WINDOW, CAUSAL=True)  # fmt: skip
+                                       kv_end, scale_log2, BLOCK_M, HEAD_DIM, PAGE, BLOCK_N, PAGE_WINDOW, CAUSAL=True)  # fmt: skip
     else:
         acc, _, l_i = _attend(q, q_pos, table, max_pages, k_cache_ptr, v_cache_ptr, stride_slot, kv_head * HEAD_DIM, 0, kv_end,
                               scale_log2, BLOCK_M, HEAD_DIM, PAGE, BLOCK_N, CAUSAL=True)  # fmt: skip
