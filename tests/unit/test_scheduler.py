@@ -98,7 +98,7 @@ def test_a_decode_only_step_lists_the_longest_contexts_first() -> None:
     assert list(run_step(sched)) == ["r0", "r1", "r2", "r3", "r4", "late"]
 
 
-# replay seconds per bucket as measured on a qwen3-8b shape (bench/results/graphs-qwen3-8b.json)
+# replay seconds per bucket as measured on a qwen3-8b shape (bench/results/graphs-qwen3-8b-before-window.json)
 QWEN3_8B = {1: 4.46, 2: 4.52, 4: 4.57, 8: 4.63, 16: 4.65, 24: 4.75, 32: 4.75, 48: 4.92, 64: 4.94,
             96: 5.30, 128: 5.36, 160: 5.88, 192: 6.35, 256: 6.82, 512: 11.3, 2048: 46.2}  # fmt: skip
 
