@@ -3,6 +3,13 @@
 Both processes run on loopback (the runtime with the tiny preset and the eager graph backend, the
 same segmented path as CUDA graphs). The runtime starts with a ladder that misfits the traffic
 (nothing above 64 tokens); the load goes short chat prompts -> long documents -> chat again.
+
+The shift up is urgent (forwards above the largest bucket fall back to eager), so the sidecar must
+fit the documents within three intervals: no eager fallback, little padding. On the shift back the
+captured ladder still serves every chat size; the sidecar recaptures only where its model says the
+forwards get faster by `--min-gain-ratio`, so chat may keep the documents' ladder for a while. There
+the test asks for what a user would notice: no eager fallback to speak of, and padding below the
+level at which the padding-waste alert fires.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import pytest
 from conftest import RuntimeProcess, free_port
 
 INTERVAL = 4.0  # seconds between two sidecar reads of /admin/stats
+ALERT_PADDING_WASTE = 0.3  # GraphPilotHighPaddingWaste (charts/graphpilot/rules/graphpilot-rules.yaml)
 START_BUCKETS = "1,2,4,8,16,32,64"
 WORDS = [
     "the",
@@ -155,11 +163,12 @@ def test_shifting_load_is_followed_within_three_intervals(sidecar: tuple[Runtime
     metrics = httpx.get(url + "/metrics").text
     assert load.failures == [], load.failures[:5]
     assert load.done > 0
-    for phase in ("documents", "chat"):
+    for phase, max_waste in (("documents", 0.10), ("chat", ALERT_PADDING_WASTE)):
         r = results[phase]
         assert r["forwards"] > 0, (phase, r)
         assert r["rejects"].get("too_many_tokens", 0) == 0, (phase, r, status["decisions"])
-        assert r["padding_waste"] < 0.10, (phase, r, status["decisions"])
+        assert sum(r["rejects"].values()) < 0.01 * r["forwards"], (phase, r, status["decisions"])
+        assert r["padding_waste"] < max_waste, (phase, r, status["decisions"])
     assert results["documents"]["max"] > 64  # the documents really were above the starting ladder
     applied = [d for d in status["decisions"] if d["action"] == "retune" and d["result"] == "applied"]
     assert applied and all(d["predicted_gain"] is not None for d in applied)
