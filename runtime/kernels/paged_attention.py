@@ -310,10 +310,9 @@ def paged_attention(
         return out
     key = None
     if plan is not None and q.is_cuda:
-        key = plan_key(q, out, splits)
-        bound = plan.get(key)
-        if bound is not None and bound(k_cache, v_cache):
+        if replay_bound(plan, q, out, k_cache, v_cache, splits):
             return out
+        key = plan_key(q, out, splits)
     num_reqs = seq_lens.shape[0]
     if splits is None:
         splits = decode_splits(num_reqs, kv_heads, max_seq_len, num_sms(q.device)) if block_q == 1 else 1
@@ -354,6 +353,20 @@ def paged_attention(
                 HEADS_FIRST=heads_first, PAGE_WINDOW=window)  # fmt: skip
     grid = (kv_heads, programs) if heads_first else (programs, kv_heads)
     return _launch(_paged_attention, grid, args, meta, plan, key)
+
+
+def replay_bound(
+    plan: dict[tuple[int, ...], Callable[[torch.Tensor, torch.Tensor], bool]],
+    q: torch.Tensor,
+    out: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    splits: int | None = None,
+) -> bool:
+    """Launch what the step's `plan` bound for these query and output buffers with this layer's
+    caches; False (nothing launched) when nothing is bound or the caches do not fit it."""
+    bound = plan.get(plan_key(q, out, splits))
+    return bound is not None and bound(k_cache, v_cache)
 
 
 def plan_key(q: torch.Tensor, out: torch.Tensor, splits: int | None = None) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from graphpilot.runtime.graphs.breaks import graph_break
 from graphpilot.runtime.kernels import HAS_TRITON
 
 if HAS_TRITON:
-    from graphpilot.runtime.kernels.paged_attention import paged_attention, plan_key
+    from graphpilot.runtime.kernels.paged_attention import paged_attention, replay_bound
 
 
 class Attention(nn.Module):
@@ -53,10 +53,14 @@ class Attention(nn.Module):
         # a caller-owned output (the graph runner's boundary buffer) is the same every layer: its
         # launches are bound once per step (the step's `plan`); a fresh one is never bound
         plan = meta.plan if out is not None else None
-        if plan is not None and self.backend == "triton" and q.is_cuda:
-            launch = plan.get(plan_key(q, out))
-            if launch is not None and launch(self.k_cache, self.v_cache):
-                return out
+        # a launch bound earlier in the step runs before any view is made
+        if (
+            plan is not None
+            and self.backend == "triton"
+            and q.is_cuda
+            and replay_bound(plan, q, out, self.k_cache, self.v_cache)
+        ):
+            return out
         n = q.shape[0]
         q = q.view(n, self.num_heads, self.head_dim)
         if out is None:
