@@ -28,7 +28,10 @@ def test_graph_break_is_a_plain_call_outside_the_runner() -> None:
 
 
 @pytest.mark.parametrize("num_tokens", [1, 2, 3, 7, 8, 13, 31, 32, 50])
-def test_eager_backend_equals_off_bit_for_bit_at_every_bucket(tiny_dir: str, num_tokens: int) -> None:
+def test_eager_backend_equals_off_at_every_bucket(tiny_dir: str, num_tokens: int) -> None:
+    """The padded, segmented forward gives the unpadded one's logits to fp32 rounding, and the same
+    greedy tokens. Not bit for bit: a BLAS may multiply 3 rows with another kernel than the 4 of
+    their bucket (MKL's sgemm does on some CPUs), which changes the order of the sums."""
     off = make_engine(tiny_dir, graph_backend="off")
     eager = make_engine(tiny_dir, graph_backend="eager", graph_buckets=BUCKETS)
     ids = torch.randint(
@@ -38,7 +41,8 @@ def test_eager_backend_equals_off_bit_for_bit_at_every_bucket(tiny_dir: str, num
     # prefill of num_tokens, then a decode step through the cache
     for chunk in (ids[:num_tokens], ids[num_tokens : num_tokens + 1]):
         a, b = forward_logits(off, ra, chunk), forward_logits(eager, rb, chunk)
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        assert torch.equal(b.argmax(-1), a.argmax(-1))
     assert sum(eager.runner.replays.values()) == 2 and not eager.runner.rejects
 
 
