@@ -243,7 +243,8 @@ def main() -> None:
                         "every matrix multiply; +nocap: no mixed-step token budget; +capN: a budget of N tokens; "
                         "+rows64: 64-row query tiles in mixed steps; +hotgemm: GEMM kernels timed hot in L2; "
                         "+nopdl: no programmatic dependent launch; +nolpt: decode attention in "
-                        "running order, one KV head at a time; "
+                        "running order, one KV head at a time; +late: a finishing request's slot is "
+                        "handed on once its last token is read; "
                         "hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
@@ -339,10 +340,12 @@ def previous_choices(modes: list[str]) -> Any:
     +hotgemm, GEMM kernels timed on one weight, hot in L2 (not on copies cold in L2); +nopdl, every
     kernel launched only once the one before it has finished (`launch.dependent_launch` off); +nolpt,
     decode-only steps in running order with the decode attention grid (requests, KV heads), not
-    longest context first with a request's KV heads side by side. Returns the function that puts the
-    current choices back."""
+    longest context first with a request's KV heads side by side; +late, a request that has all its
+    tokens keeps its slot until the host reads the last one (a step later under async scheduling).
+    Returns the function that puts the current choices back."""
     tile_tokens, copies, pdl = context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH
     lpt = Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST
+    release = Scheduler.release_complete
     if "rows64" in modes:
         context.SMALL_TILE_TOKENS = 0
     if "hotgemm" in modes:
@@ -351,10 +354,13 @@ def previous_choices(modes: list[str]) -> Any:
         launch.DEPENDENT_LAUNCH = False
     if "nolpt" in modes:
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = False, False
+    if "late" in modes:
+        Scheduler.release_complete = False
 
     def restore() -> None:
         context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH = tile_tokens, copies, pdl
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = lpt
+        Scheduler.release_complete = release
 
     return restore
 

@@ -15,6 +15,10 @@ A step in which every request decodes lists them longest context first: the atte
 starts the longest requests' programs first, and the short ones fill in behind them, where in
 arrival order a long request started late sets the step's end (`longest_first`).
 
+A request whose output has reached `max_tokens` computes nothing more. Under async scheduling its last
+token is still in flight when the next step is scheduled; its slot and KV blocks go to the next
+request in that step rather than one step later (`_release_complete`).
+
 When the KV pool runs out, the newest running request is preempted: its blocks are freed and it
 waits to be recomputed; nothing is dropped.
 """
@@ -40,6 +44,7 @@ class ScheduledBatch:
 
 class Scheduler:
     longest_first = True  # decode-only batches, longest context first (False: running order)
+    release_complete = True  # a request's slot goes on while its last token is in flight (False: once read)
 
     def __init__(
         self,
@@ -63,6 +68,8 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledBatch | None:
+        if self.release_complete:
+            self._release_complete()
         batch = ScheduledBatch([], [])
         decodes = sum(1 for r in self.running if r.num_tokens - r.num_computed_tokens == 1)
         budget = self.max_num_batched_tokens
@@ -102,6 +109,16 @@ class Scheduler:
         if self.longest_first and batch.num_tokens == len(batch.requests):  # every request decodes
             batch.requests.sort(key=lambda r: -r.num_computed_tokens)
         return batch if batch.requests else None
+
+    def _release_complete(self) -> None:
+        """Take requests that have all their output tokens (the last one may be a placeholder of the
+        step in flight) out of the running set and free their blocks: the step being scheduled runs
+        after the one in flight on the same stream, so it may write those blocks. The engine
+        finishes the request when it reads that token (`finish` is then only the status change)."""
+        done = [r for r in self.running if len(r.output_token_ids) >= r.params.max_tokens]
+        for req in done:
+            self.running.remove(req)
+            self.pool.free(req)
 
     def _make_room(self, req: Request, n: int) -> bool:
         """Preempt the newest running requests until req fits; False if req had to go itself."""

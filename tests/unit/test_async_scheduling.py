@@ -33,6 +33,19 @@ def test_mixed_prefill_and_decode_batches_match_the_synchronous_engine(tiny_dir:
     assert overlapped.kv.pool.usage == 0.0
 
 
+def test_a_finishing_request_hands_its_slot_on_without_an_extra_step(tiny_dir: str) -> None:
+    """One slot, three requests: the async engine runs as many forwards as the synchronous one (the
+    next request starts in the step after the last token, not a step later)."""
+    sync, overlapped = _pair(tiny_dir, graph_backend="off", max_running_requests=1)
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    ps = prompts(3, seed=4)
+    expected = sync.generate(ps, params)
+    got = overlapped.generate(ps, params)
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    assert overlapped.step_log.seq == sync.step_log.seq == 3 * 6  # a prefill and 5 decodes each
+    assert overlapped.kv.pool.usage == 0.0
+
+
 def test_preemption_under_async_scheduling_keeps_outputs_and_blocks(tiny_dir: str) -> None:
     sync, overlapped = _pair(tiny_dir, graph_backend="off", max_total_tokens=320, block_size=16)
     ps = prompts(12, seed=3, max_words=30)

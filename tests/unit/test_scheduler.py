@@ -77,6 +77,21 @@ def test_more_decodes_than_the_budget_still_all_decode() -> None:
     assert "new" not in step  # no token left for prefill this step
 
 
+def test_a_request_with_its_last_token_in_flight_hands_its_slot_on_at_once() -> None:
+    """Under async scheduling a request's last token is a placeholder while the next step is
+    scheduled: that step admits the waiting request in its slot, with its blocks."""
+    sched = Scheduler(BlockPool(4, block_size=16), max_num_batched_tokens=64, max_running_requests=1)
+    last = Request(list(range(20)), SamplingParams(max_tokens=3), request_id="last")
+    sched.add(last)
+    run_step(sched)
+    last.output_token_ids += [7, -1]  # its third and last token is in flight
+    sched.add(Request(list(range(30)), PARAMS, request_id="next"))
+    assert run_step(sched) == {"next": 30}  # two blocks of the three usable: only last's were free
+    assert not last.block_table and sched.running[0].request_id == "next"
+    sched.finish(last, "length")  # the engine reads the token: nothing left to release
+    assert last.finished and sched.pool.num_free_blocks == 1
+
+
 def test_a_decode_only_step_lists_the_longest_contexts_first() -> None:
     """The attention kernel launches programs in batch order; longest first, a long request never
     starts last. A step with a prefill chunk keeps the running order."""
