@@ -244,7 +244,7 @@ def main() -> None:
                         "+rows64: 64-row query tiles in mixed steps; +hotgemm: GEMM kernels timed hot in L2; "
                         "+nopdl: no programmatic dependent launch; +nolpt: decode attention in "
                         "running order, one KV head at a time; +late: a finishing request's slot is "
-                        "handed on once its last token is read; "
+                        "handed on once its last token is read; +nosnake: decode steps longest first throughout; "
                         "hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
@@ -341,11 +341,12 @@ def previous_choices(modes: list[str]) -> Any:
     kernel launched only once the one before it has finished (`launch.dependent_launch` off); +nolpt,
     decode-only steps in running order with the decode attention grid (requests, KV heads), not
     longest context first with a request's KV heads side by side; +late, a request that has all its
-    tokens keeps its slot until the host reads the last one (a step later under async scheduling).
-    Returns the function that puts the current choices back."""
+    tokens keeps its slot until the host reads the last one (a step later under async scheduling);
+    +nosnake, decode-only steps longest context first throughout, not back and forth in rounds of
+    `decode_round` requests. Returns the function that puts the current choices back."""
     tile_tokens, copies, pdl = context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH
     lpt = Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST
-    release = Scheduler.release_complete
+    release = Scheduler.release_complete, Scheduler.snake_order
     if "rows64" in modes:
         context.SMALL_TILE_TOKENS = 0
     if "hotgemm" in modes:
@@ -356,11 +357,13 @@ def previous_choices(modes: list[str]) -> Any:
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = False, False
     if "late" in modes:
         Scheduler.release_complete = False
+    if "nosnake" in modes:
+        Scheduler.snake_order = False
 
     def restore() -> None:
         context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH = tile_tokens, copies, pdl
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = lpt
-        Scheduler.release_complete = release
+        Scheduler.release_complete, Scheduler.snake_order = release
 
     return restore
 

@@ -1,20 +1,25 @@
 """The mgsm-like workload through the real scheduler, timed with a GPU run's measured step costs; JSON.
 
-  python bench/sim_schedule.py --costs bench/results/graphs-qwen3-8b.json --out bench/results/sim-schedule-8b.json
+  python bench/sim_schedule.py --costs bench/results/graphs-qwen3-8b.json --budgets 64,96,128,160,192,256 \
+      --out bench/results/sim-schedule-8b.json
 
 Runs on the CPU in seconds. It drives `Scheduler` the way the async engine does (a step is scheduled
 while the one before it is in flight: requests sampled in that step carry a placeholder token and
 finish when it is read), with the same prompts as `bench_graphs.py`, and charges every step the
 mean time the GPU run measured for its kind and bucket ("decode@32", "prefill@128", ... in the JSON's
-`step_kinds`; a kind the run never had costs its bucket's replay time plus the run's mean gap
-between the two). So scheduler changes can be compared on step counts, which the model gets exactly
-for the run it was fitted to, before a GPU confirms the time.
+`step_kinds`; a kind the run never had costs its bucket's replay time plus the gap between the two
+at the nearest bucket of that kind the run had). So scheduler changes can be compared on step
+counts, which the model gets exactly for the run it was fitted to, before a GPU confirms the time.
+`--budgets` tries other mixed-step token budgets (a larger chunk's extra attention is not modelled,
+so budgets above the run's are flattered).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import sys
 from typing import Any
 
@@ -35,22 +40,26 @@ class StepCosts:
         self.measured = {k: v["mean_ms"] / 1000 for k, v in run["step_kinds"].items()}
         self.replay = {b["num_tokens"]: b["replay_seconds"] for b in result["graphs"]["per_bucket"]}
         self.buckets = sorted(self.replay)
-        gaps: dict[str, list[float]] = {"decode": [], "prefill": []}
+        self.gaps: dict[str, dict[int, float]] = {"decode": {}, "prefill": {}}  # step time - replay
         for key, seconds in self.measured.items():
             kind, bucket = key.split("@")
             if int(bucket) in self.replay:
-                gaps[kind].append(seconds - self.replay[int(bucket)])
-        self.gap = {k: sum(v) / len(v) for k, v in gaps.items()}
+                self.gaps[kind][int(bucket)] = seconds - self.replay[int(bucket)]
 
     def __call__(self, num_tokens: int, decode_only: bool) -> tuple[str, float]:
         bucket = next(b for b in self.buckets if b >= num_tokens)
         kind = "decode" if decode_only else "prefill"
         key = f"{kind}@{bucket}"
-        return key, self.measured.get(key, self.replay[bucket] + self.gap[kind])
+        if key in self.measured:
+            return key, self.measured[key]
+        nearest = min(self.gaps[kind], key=lambda b: abs(math.log(b / bucket)))
+        return key, self.replay[bucket] + self.gaps[kind][nearest]
 
 
-def simulate(costs: StepCosts, prompt_lens: list[int], output_len: int, concurrency: int) -> dict[str, Any]:
-    sched = Scheduler(BlockPool(1 << 20, 16), 2048, concurrency, costs.mixed_step_tokens)
+def simulate(
+    costs: StepCosts, prompt_lens: list[int], output_len: int, concurrency: int, budget: int
+) -> dict[str, Any]:
+    sched = Scheduler(BlockPool(1 << 20, 16), 2048, concurrency, budget)
     params = SamplingParams(max_tokens=output_len, ignore_eos=True)
     for n in prompt_lens:
         sched.add(Request([1] * n, params))
@@ -90,17 +99,21 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--seeds", default="0,1,2", help="prompt seeds (bench_graphs.py uses 0)")
+    p.add_argument("--budgets", default="", help="mixed-step token budgets to try (default: the run's)")
     p.add_argument("--out")
     args = p.parse_args()
     with open(args.costs) as f:
         costs = StepCosts(json.load(f))
     result: dict[str, Any] = {"costs": args.costs, "mixed_step_tokens": costs.mixed_step_tokens, "runs": []}
-    for seed in (int(s) for s in args.seeds.split(",")):
+    budgets = [int(b) for b in args.budgets.split(",") if b] or [costs.mixed_step_tokens]
+    for seed, budget in itertools.product((int(s) for s in args.seeds.split(",")), budgets):
         lens = [len(p) for p in make_prompts(151936, args.num_requests, seed)]
         for release in (True, False):  # the hand-over of a finished request's slot, and a step later
             Scheduler.release_complete = release
-            run = simulate(costs, lens, args.output_len, args.concurrency)
-            result["runs"].append({"seed": seed, "release_complete": release, **run})
+            run = simulate(costs, lens, args.output_len, args.concurrency, budget)
+            result["runs"].append(
+                {"seed": seed, "mixed_step_tokens": budget, "release_complete": release, **run}
+            )
             print(
                 json.dumps({k: v for k, v in result["runs"][-1].items() if k != "step_kinds"}),
                 file=sys.stderr,

@@ -115,9 +115,16 @@ class Engine:
         self.max_model_len = min(
             config.max_model_len or self.model_config.max_position_embeddings, self.kv.pool.capacity_tokens
         )
+        mc = self.model_config
+        decode_round = 0
+        if self.attn_backend == "triton":  # a decode program per (request, KV head), a request's side by side
+            from graphpilot.runtime.kernels.launch import num_sms
+
+            decode_round = num_sms(self.device) // mc.num_key_value_heads
         self.scheduler = Scheduler(
-            self.kv.pool, config.max_num_batched_tokens, config.max_running_requests, config.mixed_step_tokens
-        )
+            self.kv.pool, config.max_num_batched_tokens, config.max_running_requests, config.mixed_step_tokens,
+            decode_round,
+        )  # fmt: skip
         self.sampler = Sampler(self.device, config.seed)
         self.step_log = StepLog()
         self.requests: dict[str, Request] = {}
@@ -129,7 +136,6 @@ class Engine:
         backend = config.graph_backend
         if backend == "auto":
             backend = "cuda" if self.device.type == "cuda" else "eager"
-        mc = self.model_config
         self.paged_group = (
             mc.num_attention_heads // mc.num_key_value_heads if self.attn_backend == "triton" else None
         )

@@ -13,7 +13,11 @@ The engine sets the value from the captured buckets' measured replay times (`pro
 
 A step in which every request decodes lists them longest context first: the attention kernel then
 starts the longest requests' programs first, and the short ones fill in behind them, where in
-arrival order a long request started late sets the step's end (`longest_first`).
+arrival order a long request started late sets the step's end (`longest_first`). On a GPU the order
+goes back and forth in rounds of `decode_round` requests, as many as put one attention program on
+each SM: the longest first, then the next round shortest first, and so on. The GPU hands programs
+to its SMs in that order, so an SM that took one of the longest requests takes one of the shortest
+next, instead of a middling one (`snake_order`).
 
 A request whose output has reached `max_tokens` computes nothing more. Under async scheduling its last
 token is still in flight when the next step is scheduled; its slot and KV blocks go to the next
@@ -44,6 +48,7 @@ class ScheduledBatch:
 
 class Scheduler:
     longest_first = True  # decode-only batches, longest context first (False: running order)
+    snake_order = True  # ... and back and forth in rounds of decode_round requests (False: longest first)
     release_complete = True  # a request's slot goes on while its last token is in flight (False: once read)
 
     def __init__(
@@ -52,11 +57,13 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_running_requests: int,
         mixed_step_tokens: int | None = None,
+        decode_round: int = 0,
     ) -> None:
         self.pool = pool
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_running_requests = max_running_requests
         self.mixed_step_tokens = mixed_step_tokens  # budget of a step with decodes; None: no cap
+        self.decode_round = decode_round  # decode requests with one attention program per SM; 0: none
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -108,6 +115,10 @@ class Scheduler:
             budget -= n
         if self.longest_first and batch.num_tokens == len(batch.requests):  # every request decodes
             batch.requests.sort(key=lambda r: -r.num_computed_tokens)
+            k = self.decode_round
+            if self.snake_order and 0 < k < len(batch.requests):
+                batch.requests = [r for i in range(0, len(batch.requests), k)
+                                  for r in batch.requests[i : i + k][:: -1 if i // k % 2 else 1]]  # fmt: skip
         return batch if batch.requests else None
 
     def _release_complete(self) -> None:

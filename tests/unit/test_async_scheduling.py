@@ -46,6 +46,17 @@ def test_a_finishing_request_hands_its_slot_on_without_an_extra_step(tiny_dir: s
     assert overlapped.kv.pool.usage == 0.0
 
 
+def test_decode_steps_back_and_forth_in_rounds_give_the_same_tokens(tiny_dir: str) -> None:
+    """The GPU's decode order (longest first, then shortest first in the next round, ...) only
+    permutes a step's rows: every request gets the tokens it gets in arrival order."""
+    sync, overlapped = _pair(tiny_dir, graph_backend="eager")
+    overlapped.scheduler.decode_round = 5
+    ps = prompts(16, seed=6)
+    assert [c.token_ids for c in overlapped.generate(ps, GREEDY)] == [
+        c.token_ids for c in sync.generate(ps, GREEDY)
+    ]
+
+
 def test_preemption_under_async_scheduling_keeps_outputs_and_blocks(tiny_dir: str) -> None:
     sync, overlapped = _pair(tiny_dir, graph_backend="off", max_total_tokens=320, block_size=16)
     ps = prompts(12, seed=3, max_words=30)

@@ -113,6 +113,22 @@ def test_a_decode_only_step_lists_the_longest_contexts_first() -> None:
     assert list(run_step(sched)) == ["r0", "r1", "r2", "r3", "r4", "late"]
 
 
+def test_a_decode_only_step_goes_back_and_forth_in_rounds_of_decode_round() -> None:
+    """Longest first in the first round of requests, shortest first in the next, and so on: the GPU
+    hands each SM a long request's attention program, then a short one's."""
+    sched = Scheduler(BlockPool(64, block_size=16), max_num_batched_tokens=512, max_running_requests=8,
+                      decode_round=3)  # fmt: skip
+    for prompt in (10, 70, 30, 50, 20, 60, 40):
+        sched.add(Request(list(range(prompt)), PARAMS, request_id=f"r{prompt}"))
+    run_step(sched)  # prefill
+    assert list(run_step(sched)) == ["r70", "r60", "r50", "r20", "r30", "r40", "r10"]
+    Scheduler.snake_order = False
+    try:
+        assert list(run_step(sched)) == ["r70", "r60", "r50", "r40", "r30", "r20", "r10"]
+    finally:
+        Scheduler.snake_order = True
+
+
 # replay seconds per bucket as measured on a qwen3-8b shape (bench/results/graphs-qwen3-8b-before-window.json)
 QWEN3_8B = {1: 4.46, 2: 4.52, 4: 4.57, 8: 4.63, 16: 4.65, 24: 4.75, 32: 4.75, 48: 4.92, 64: 4.94,
             96: 5.30, 128: 5.36, 160: 5.88, 192: 6.35, 256: 6.82, 512: 11.3, 2048: 46.2}  # fmt: skip
