@@ -21,7 +21,7 @@ next, instead of a middling one (`snake_order`).
 
 A request whose output has reached `max_tokens` computes nothing more. Under async scheduling its last
 token is still in flight when the next step is scheduled; its slot and KV blocks go to the next
-request in that step rather than one step later (`_release_complete`).
+request in that step rather than one step later (`release_complete`).
 
 When the KV pool runs out, the newest running request is preempted: its blocks are freed and it
 waits to be recomputed; nothing is dropped.
@@ -31,9 +31,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TypeVar
 
 from graphpilot.runtime.engine.kv_cache import BlockPool
 from graphpilot.runtime.engine.request import Request, Status
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -76,7 +79,7 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch | None:
         if self.release_complete:
-            self._release_complete()
+            self._release_done()
         batch = ScheduledBatch([], [])
         decodes = sum(1 for r in self.running if r.num_tokens - r.num_computed_tokens == 1)
         budget = self.max_num_batched_tokens
@@ -115,13 +118,11 @@ class Scheduler:
             budget -= n
         if self.longest_first and batch.num_tokens == len(batch.requests):  # every request decodes
             batch.requests.sort(key=lambda r: -r.num_computed_tokens)
-            k = self.decode_round
-            if self.snake_order and 0 < k < len(batch.requests):
-                batch.requests = [r for i in range(0, len(batch.requests), k)
-                                  for r in batch.requests[i : i + k][:: -1 if i // k % 2 else 1]]  # fmt: skip
+            if self.snake_order and 0 < self.decode_round < len(batch.requests):
+                batch.requests = back_and_forth(batch.requests, self.decode_round)
         return batch if batch.requests else None
 
-    def _release_complete(self) -> None:
+    def _release_done(self) -> None:
         """Take requests that have all their output tokens (the last one may be a placeholder of the
         step in flight) out of the running set and free their blocks: the step being scheduled runs
         after the one in flight on the same stream, so it may write those blocks. The engine
@@ -158,3 +159,12 @@ class Scheduler:
         self.pool.free(req)
         req.status = Status.FINISHED
         req.finish_reason = reason
+
+
+def back_and_forth(items: list[T], k: int) -> list[T]:
+    """`items` in rounds of k, every other round reversed: with k = 2, [a, b, c, d, e] -> [a, b, d, c, e]."""
+    out: list[T] = []
+    for i in range(0, len(items), k):
+        chunk = items[i : i + k]
+        out += chunk[::-1] if i // k % 2 else chunk
+    return out
