@@ -346,7 +346,7 @@ def previous_choices(modes: list[str]) -> Any:
     `decode_round` requests. Returns the function that puts the current choices back."""
     tile_tokens, copies, pdl = context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH
     lpt = Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST
-    release = Scheduler.release_complete, Scheduler.snake_order
+    handover_order = Scheduler.release_complete, Scheduler.snake_order
     if "rows64" in modes:
         context.SMALL_TILE_TOKENS = 0
     if "hotgemm" in modes:
@@ -363,7 +363,7 @@ def previous_choices(modes: list[str]) -> Any:
     def restore() -> None:
         context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH = tile_tokens, copies, pdl
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = lpt
-        Scheduler.release_complete, Scheduler.snake_order = release
+        Scheduler.release_complete, Scheduler.snake_order = handover_order
 
     return restore
 

@@ -407,7 +407,7 @@ class Engine:
         reason = None
         if token in self.eos_token_ids and not req.params.ignore_eos:
             reason = "stop"
-        if reason is None and len(req.output_token_ids) >= req.params.max_tokens:
+        if reason is None and req.at_max_tokens:
             reason = "length"
         if reason is not None:  # flush a held-back partial character; search it all once more
             text, checked = full_text(self.tokenizer, req.output_token_ids), 0

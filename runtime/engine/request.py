@@ -78,5 +78,10 @@ class Request:
         return self.prompt_token_ids[start:] + self.output_token_ids[: end - p]
 
     @property
+    def at_max_tokens(self) -> bool:
+        """All `max_tokens` output tokens are out (the last one may still be in flight)."""
+        return len(self.output_token_ids) >= self.params.max_tokens
+
+    @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED

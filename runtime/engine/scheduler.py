@@ -127,7 +127,7 @@ class Scheduler:
         step in flight) out of the running set and free their blocks: the step being scheduled runs
         after the one in flight on the same stream, so it may write those blocks. The engine
         finishes the request when it reads that token (`finish` is then only the status change)."""
-        done = [r for r in self.running if len(r.output_token_ids) >= r.params.max_tokens]
+        done = [r for r in self.running if r.at_max_tokens]
         for req in done:
             self.running.remove(req)
             self.pool.free(req)
