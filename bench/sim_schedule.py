@@ -79,7 +79,7 @@ def simulate(
         for req in inflight or ():  # the host reads the step before: placeholders become tokens
             if not req.finished:
                 req.output_token_ids[-1] = 0
-                if len(req.output_token_ids) >= output_len:
+                if req.at_max_tokens:
                     sched.finish(req, "length")
         for req in launched or ():
             if not req.finished:
@@ -106,6 +106,7 @@ def main() -> None:
         costs = StepCosts(json.load(f))
     result: dict[str, Any] = {"costs": args.costs, "mixed_step_tokens": costs.mixed_step_tokens, "runs": []}
     budgets = [int(b) for b in args.budgets.split(",") if b] or [costs.mixed_step_tokens]
+    default_release = Scheduler.release_complete
     for seed, budget in itertools.product((int(s) for s in args.seeds.split(",")), budgets):
         lens = [len(p) for p in make_prompts(151936, args.num_requests, seed)]
         for release in (True, False):  # the hand-over of a finished request's slot, and a step later
@@ -118,7 +119,7 @@ def main() -> None:
                 json.dumps({k: v for k, v in result["runs"][-1].items() if k != "step_kinds"}),
                 file=sys.stderr,
             )
-    Scheduler.release_complete = True
+    Scheduler.release_complete = default_release
     emit(result, args.out)
 
 
