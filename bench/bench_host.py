@@ -2,6 +2,7 @@
 
   python bench/bench_host.py --shape qwen3-0.6b --out bench/results/host-qwen3-0.6b.json
   python bench/bench_host.py --cores-only    # the host operations alone, pinned to each CPU in turn
+  python bench/bench_host.py --inputs-only   # building a step's inputs on the host (runs on a CPU)
 
 A small model's decode step is bound by the host when the host's work per step (scheduling, the
 step's inputs, a graph segment replay and an attention launch per layer, sampling, reading the
@@ -10,7 +11,10 @@ step (wall time) and, inside it, the host time spent replaying graph segments, r
 (attention), in Triton's kernel launcher, and waiting for the device. `ratio_break_to_graph` (break
 time over segment-replay time) compares launch paths across hosts of different speed: a segment
 replay is one torch call whose cost only the host's speed changes. `--cores` also times a tensor
-slice, a graph replay and a Python loop pinned to each CPU in turn.
+slice, a graph replay and a Python loop pinned to each CPU in turn. `--inputs-only` times
+`build_step_inputs` alone, the numpy work that packs a step's inputs for its one host-to-device copy,
+for decode steps of 1, 8 and 32 requests and a mixed step (31 decodes and a 96-token chunk) at
+contexts of 64-767 tokens; it needs no GPU (on one, the copy is left to the device's queue).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +30,7 @@ from typing import Any
 
 import torch
 
+from graphpilot.runtime.engine.context import build_step_inputs
 from graphpilot.runtime.graphs import segments
 from graphpilot.runtime.models.presets import init_model
 
@@ -142,6 +148,37 @@ def core_speeds(rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def input_times(n: int = 3000) -> list[dict[str, Any]]:
+    """Host microseconds of `build_step_inputs` per call (qwen3 heads: 4 query heads per KV head)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for name, decodes, chunk in [("decode", 1, 0), ("decode", 8, 0), ("decode", 32, 0), ("mixed", 31, 96)]:
+        query_lens = [1] * decodes + ([chunk] if chunk else [])
+        context_lens = [64 + (97 * i) % 704 for i in range(decodes)] + ([chunk] if chunk else [])
+        tables = [list(range(1000 * i, 1000 * i + -(-c // 16))) for i, c in enumerate(context_lens)]
+        step = (
+            list(range(sum(query_lens))),
+            query_lens,
+            context_lens,
+            tables,
+            16,
+            device,
+            4,
+            list(range(len(query_lens))),
+        )
+        for _ in range(n // 10):
+            build_step_inputs(*step)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            build_step_inputs(*step)
+        us = 1e6 * (time.perf_counter() - t0) / n
+        rows.append(
+            {"step": name, "requests": len(query_lens), "tokens": sum(query_lens), "us": round(us, 1)}
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="qwen3-0.6b")
@@ -151,8 +188,13 @@ def main() -> None:
     p.add_argument("--cores", action="store_true", help="also time host operations on every CPU")
     p.add_argument("--cores-only", action="store_true", help="only time host operations on every CPU")
     p.add_argument("--rounds", type=int, default=2, help="passes over the CPUs")
+    p.add_argument("--inputs-only", action="store_true", help="only time building a step's inputs")
     p.add_argument("--out")
     args = p.parse_args()
+    if args.inputs_only:
+        result = {"torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                  "inputs": input_times()}  # fmt: skip
+        return _emit(result, args.out)
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
     result: dict[str, Any] = {
@@ -166,10 +208,14 @@ def main() -> None:
         result["windows"] = step_windows(args.shape, batches, args.windows, args.steps)
     if args.cores or args.cores_only:
         result["cores"] = core_speeds(args.rounds)
+    _emit(result, args.out)
+
+
+def _emit(result: dict[str, Any], out: str | None) -> None:
     text = json.dumps(result, indent=1)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text + "\n")
 
 

@@ -97,19 +97,27 @@ def build_step_inputs(
     tables = np.zeros((num_reqs, max_pages), dtype=np.int64)
     for i, bt in enumerate(block_tables):
         tables[i, : len(bt)] = bt
-    starts = np.cumsum(ql) - ql
-    num_tokens = int(ql.sum())
-    req_of = np.repeat(np.arange(num_reqs), ql)
-    positions = (cl - ql)[req_of] + np.arange(num_tokens) - starts[req_of]
+    num_tokens = sum(query_lens)
+    decode_only = max(query_lens) == 1  # every request one token: row i is request i's
+    if decode_only:
+        starts = np.arange(num_reqs)
+        req_of, positions = starts, cl - 1
+    else:
+        starts = np.cumsum(ql) - ql
+        req_of = np.repeat(np.arange(num_reqs), ql)
+        positions = (cl - ql)[req_of] + np.arange(num_tokens) - starts[req_of]
     slots = tables[req_of, positions // block_size] * block_size + positions % block_size
     ids = np.zeros(num_tokens, dtype=np.int64) if token_ids is None else np.asarray(token_ids, dtype=np.int64)
     parts = [ids, positions, slots, np.asarray(sample_rows, dtype=np.int64), tables.reshape(-1)]
     block_q = 1
     if paged_group is not None:
-        block_q = query_block_size(int(ql.max()), int((ql == 1).sum()), paged_group, num_tokens)
-        block_req, block_q0 = schedule_query_blocks(query_lens, block_q)
-        query_start = np.concatenate([starts, [num_tokens]])
-        parts += [query_start, cl, np.asarray(block_req, np.int64), np.asarray(block_q0, np.int64)]
+        query_start = np.append(starts, num_tokens)
+        if decode_only:  # a program per request, at its one token
+            parts += [query_start, cl, starts, np.zeros(num_reqs, dtype=np.int64)]
+        else:
+            block_q = query_block_size(int(ql.max()), int((ql == 1).sum()), paged_group, num_tokens)
+            block_req, block_q0 = schedule_query_blocks(query_lens, block_q)
+            parts += [query_start, cl, np.asarray(block_req, np.int64), np.asarray(block_q0, np.int64)]
     # each part starts on a 16-byte boundary: Triton specialises kernels on pointer alignment, and
     # misaligned views would compile a new variant whenever a part's offset changes
     offsets, total = [], 0
@@ -120,7 +128,7 @@ def build_step_inputs(
     for part, at in zip(parts, offsets, strict=True):
         host[at : at + len(part)] = part
     packed = torch.from_numpy(host).to(device, non_blocking=True)
-    views = [packed[at : at + len(part)] for part, at in zip(parts, offsets, strict=True)]
+    views = packed.split_with_sizes([n for part in parts for n in (len(part), len(part) % 2)])[::2]
     meta = AttentionMetadata(
         slot_mapping=views[2],
         query_start=starts.tolist(),
@@ -129,7 +137,7 @@ def build_step_inputs(
         block_tables=views[4].view(num_reqs, max_pages),
         block_q=block_q,
         page_size=block_size,
-        max_seq_len=int(cl.max()),
+        max_seq_len=int(max(context_lens)),
     )
     if paged_group is not None:
         meta.query_start_loc, meta.seq_lens, meta.block_req, meta.block_q0 = views[5:9]

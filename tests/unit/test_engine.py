@@ -192,3 +192,29 @@ def test_step_inputs_travel_in_one_copy_with_every_part_16_byte_aligned() -> Non
     assert a.block_tables.tolist() == [[4, 0, 0], [5, 6, 7], [8, 9, 0]]
     assert a.query_start_loc is not None and a.query_start_loc.tolist() == [0, 3, 4, 6]
     assert a.seq_lens is not None and a.seq_lens.tolist() == [3, 9, 7]
+
+
+def test_decode_step_inputs_put_each_request_at_its_last_position() -> None:
+    """A decode-only step (one token per request, the engine's most common step) takes a shorter
+    path on the host; its inputs are those of the general rule: request i's one token is row i at
+    position context - 1, one attention program per request, every part 16-byte aligned."""
+    import torch
+
+    from graphpilot.runtime.engine.context import build_step_inputs
+
+    inp = build_step_inputs(
+        [7, 8, 9], [1, 1, 1], [5, 1, 12], [[3, 4], [6], [1, 2, 9]], 4, torch.device("cpu"), 4, [0, 1, 2]
+    )
+    a = inp.attn
+    base = inp.input_ids.untyped_storage().data_ptr()
+    parts = [inp.positions, a.slot_mapping, inp.sample_rows, a.block_tables, a.query_start_loc, a.seq_lens,
+             a.block_req, a.block_q0]  # fmt: skip
+    for part in parts:
+        assert part is not None and (part.data_ptr() - base) % 16 == 0
+    assert inp.positions.tolist() == [4, 0, 11]
+    assert a.slot_mapping.tolist() == [16, 24, 39]  # page * 4 + position % 4
+    assert a.query_start_loc is not None and a.query_start_loc.tolist() == [0, 1, 2, 3]
+    assert a.seq_lens is not None and a.seq_lens.tolist() == [5, 1, 12]
+    assert a.block_req is not None and a.block_req.tolist() == [0, 1, 2]
+    assert a.block_q0 is not None and a.block_q0.tolist() == [0, 0, 0]
+    assert a.block_q == 1 and a.max_seq_len == 12 and a.query_start == [0, 1, 2]
