@@ -100,7 +100,7 @@ def build_step_inputs(
     num_tokens = sum(query_lens)
     decode_only = max(query_lens) == 1  # every request one token: row i is request i's
     if decode_only:
-        starts = np.arange(num_reqs)
+        starts = np.arange(num_reqs, dtype=np.int64)
         req_of, positions = starts, cl - 1
     else:
         starts = np.cumsum(ql) - ql
