@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -120,15 +121,12 @@ def build_step_inputs(
             parts += [query_start, cl, np.asarray(block_req, np.int64), np.asarray(block_q0, np.int64)]
     # each part starts on a 16-byte boundary: Triton specialises kernels on pointer alignment, and
     # misaligned views would compile a new variant whenever a part's offset changes
-    offsets, total = [], 0
-    for part in parts:
-        offsets.append(total)
-        total += len(part) + len(part) % 2
-    host = np.zeros(total, dtype=np.int64)
-    for part, at in zip(parts, offsets, strict=True):
+    sizes = [n for part in parts for n in (len(part), len(part) % 2)]  # each part, then its padding
+    host = np.zeros(sum(sizes), dtype=np.int64)
+    for part, at in zip(parts, list(accumulate(sizes, initial=0))[:-1:2], strict=True):  # part offsets
         host[at : at + len(part)] = part
     packed = torch.from_numpy(host).to(device, non_blocking=True)
-    views = packed.split_with_sizes([n for part in parts for n in (len(part), len(part) % 2)])[::2]
+    views = packed.split_with_sizes(sizes)[::2]
     meta = AttentionMetadata(
         slot_mapping=views[2],
         query_start=starts.tolist(),
