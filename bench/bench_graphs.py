@@ -245,7 +245,7 @@ def main() -> None:
                         "+nopdl: no programmatic dependent launch; +nolpt: decode attention in "
                         "running order, one KV head at a time; +late: a finishing request's slot is "
                         "handed on once its last token is read; +nosnake: decode steps longest first throughout; "
-                        "hf: transformers' continuous batching")  # fmt: skip
+                        "+nogated: the MLP's activation never in the gate/up multiply's epilogue; hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
     p.add_argument("--arrival", action="store_true",
@@ -343,8 +343,11 @@ def previous_choices(modes: list[str]) -> Any:
     longest context first with a request's KV heads side by side; +late, a request that has all its
     tokens keeps its slot until the host reads the last one (a step later under async scheduling);
     +nosnake, decode-only steps longest context first throughout, not back and forth in rounds of
-    `decode_round` requests. Returns the function that puts the current choices back."""
+    `decode_round` requests; +nogated, the MLP's gate/up multiply and its activation as two kernels
+    everywhere (the gated skinny kernel never timed). Returns the function that puts the current
+    choices back."""
     tile_tokens, copies, pdl = context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH
+    gated = linear.GATED_MLP
     lpt = Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST
     handover_order = Scheduler.release_complete, Scheduler.snake_order
     if "rows64" in modes:
@@ -359,11 +362,14 @@ def previous_choices(modes: list[str]) -> Any:
         Scheduler.release_complete = False
     if "nosnake" in modes:
         Scheduler.snake_order = False
+    if "nogated" in modes:
+        linear.GATED_MLP = False
 
     def restore() -> None:
         context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH = tile_tokens, copies, pdl
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = lpt
         Scheduler.release_complete, Scheduler.snake_order = handover_order
+        linear.GATED_MLP = gated
 
     return restore
 

@@ -105,9 +105,10 @@ class Engine:
         log.info("weights loaded", extra={"seconds": round(self.load_seconds, 2), "format": fmt})
         if config.gemm_backend == "auto" and self.attn_backend == "triton":
             start = time.perf_counter()
-            self.model.gemm.tune(self.model.linear_weights())
+            self.model.gemm.tune(self.model.linear_weights(), self.model.gated_weights())
             log.info("gemm kernels measured", extra={
                 "seconds": round(time.perf_counter() - start, 2), "skinny": len(self.model.gemm.skinny),
+                "gated": len(self.model.gemm.gated),
                 "measured": len(self.model.gemm.measured)})  # fmt: skip
         on_cuda = self.device.type == "cuda"
         self.async_scheduling = on_cuda if config.async_scheduling is None else config.async_scheduling

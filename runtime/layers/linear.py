@@ -7,10 +7,16 @@ through copies of the weight larger than the L2 cache together, as in a forward 
 has its own weights, and records where the fastest skinny configuration beats cuBLAS. `linear` then
 dispatches on (n, k, bias, rows rounded up to a power of two): the graph of a bucket and the eager
 forward of the same rows take the same kernel. Without a tuned table (CPU, tests, `gemm_backend="cublas"`) everything is torch.
+
+An MLP's gate/up multiply is also timed against the skinny kernel's gated form (the activation in
+its epilogue, `kernels.gemm`): the pair it replaces, this table's choice for the multiply and then
+the activation kernel, is captured and timed the same way. `silu_mul_linear` takes the gated kernel
+for the row counts where it measured faster (`GATED_MLP` off: never).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 
@@ -18,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 MAX_ROWS = 32  # the most rows the skinny kernel takes (kernels.gemm.MAX_ROWS)
+GATED_MLP = True  # time the gated kernel against the multiply-then-activation pair (False: never use it)
 
 
 class GemmTable:
@@ -26,6 +33,7 @@ class GemmTable:
 
     def __init__(self) -> None:
         self.skinny: dict[tuple[int, int, bool, int], tuple[int, int, int]] = {}
+        self.gated: dict[tuple[int, int, int], tuple[int, int, int]] = {}  # (2n, k, rows): gated tiles
         self.measured: list[dict[str, float | int | bool]] = []
         self.kernel: Callable[..., torch.Tensor] | None = None
 
@@ -38,10 +46,22 @@ class GemmTable:
         rows = 1 << (m - 1).bit_length()
         return self.skinny.get((weight.shape[0], weight.shape[1], bias is not None, rows))
 
+    def lookup_gated(self, x: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int] | None:
+        m = x.shape[0]
+        if m == 0 or m > MAX_ROWS or not self.gated:
+            return None
+        return self.gated.get((weight.shape[0], weight.shape[1], 1 << (m - 1).bit_length()))
+
     @torch.inference_mode()
-    def tune(self, weights: list[tuple[torch.Tensor, torch.Tensor | None]], reps: int = 10) -> None:
+    def tune(
+        self,
+        weights: list[tuple[torch.Tensor, torch.Tensor | None]],
+        gated: list[torch.Tensor] | None = None,
+        reps: int = 10,
+    ) -> None:
         """Time cuBLAS and the skinny kernel's candidate tiles on each distinct weight shape of the
-        model for 1..MAX_ROWS rows."""
+        model for 1..MAX_ROWS rows; then, for each distinct shape of the `gated` weights ([gate | up]),
+        the gated kernel against the chosen multiply followed by the activation."""
         seen: dict[tuple[int, int, bool], tuple[torch.Tensor, torch.Tensor | None]] = {}
         for w, b in weights:
             seen.setdefault((w.shape[0], w.shape[1], b is not None), (w, b))
@@ -71,7 +91,39 @@ class GemmTable:
                      "skinny_us": round(ours, 2), "skinny_config": "{}x{}s{}".format(*cfg) if cfg else None}
                 )  # fmt: skip
                 rows *= 2
+        if GATED_MLP and gated:
+            self._tune_gated(gated, reps, sms)
         self.measured.sort(key=lambda m: m["rows"])  # by row count, shapes in model order
+
+    def _tune_gated(self, weights: list[torch.Tensor], reps: int, sms: int) -> None:
+        from graphpilot.runtime.kernels.fused import silu_and_mul
+        from graphpilot.runtime.kernels.gemm import skinny_candidates, skinny_mm
+
+        gated_mm = functools.partial(skinny_mm, gated=True)
+        for n2, k in dict.fromkeys((w.shape[0], w.shape[1]) for w in weights):
+            w = next(w for w in weights if (w.shape[0], w.shape[1]) == (n2, k))
+            ws = cold_copies(w)
+            calls = len(ws) * -(-reps // len(ws))
+            it = itertools.cycle(ws)
+            candidates = list(dict.fromkeys(
+                (max(16, bn // 2), bk, st) for bn, bk, st in skinny_candidates(n2, sms)))  # fmt: skip
+            rows = 1
+            while rows <= MAX_ROWS:
+                x = torch.randn(rows, k, dtype=w.dtype, device=w.device)
+                out = torch.empty(rows, n2 // 2, dtype=w.dtype, device=w.device)
+                pair = graph_us(lambda x=x, it=it: silu_and_mul(linear(x, next(it), table=self)), calls)
+                cfg, ours = None, float("inf")
+                for candidate in candidates:
+                    fitted, us = _fit(gated_mm, candidate, x, it, None, out, calls)
+                    if us < ours:
+                        cfg, ours = fitted, us
+                if cfg is not None and ours < pair:
+                    self.gated[(n2, k, rows)] = cfg
+                self.measured.append(
+                    {"n": n2, "k": k, "bias": False, "rows": rows, "gated": True, "pair_us": round(pair, 2),
+                     "gated_us": round(ours, 2), "gated_config": "{}x{}s{}".format(*cfg) if cfg else None}
+                )  # fmt: skip
+                rows *= 2
 
 
 def cold_copies(w: torch.Tensor) -> list[torch.Tensor]:
@@ -148,3 +200,13 @@ def linear(
     if out is None:
         return F.linear(x, weight, bias)
     return _torch_mm(x, weight, bias, out)
+
+
+def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, table: GemmTable | None) -> torch.Tensor | None:
+    """silu(x @ gate.T) * (x @ up.T) for weight = [gate | up] in one kernel, where `table` measured
+    that faster than the multiply followed by the activation; None where it did not (the caller
+    runs the pair)."""
+    cfg = table.lookup_gated(x, weight) if table is not None else None
+    if cfg is None or table is None or table.kernel is None:
+        return None
+    return table.kernel(x, weight, None, None, *cfg, gated=True)

@@ -16,7 +16,7 @@ from graphpilot.runtime.kernels.fused import qk_norm_rope_, rms_norm, silu_and_m
 from graphpilot.runtime.kernels.gemm import skinny_mm
 from graphpilot.runtime.kernels.paged_attention import paged_attention
 from graphpilot.runtime.layers.attention import Attention
-from graphpilot.runtime.layers.linear import GemmTable, cold_copies, linear
+from graphpilot.runtime.layers.linear import GemmTable, cold_copies, linear, silu_mul_linear
 from graphpilot.runtime.layers.norm import RMSNorm
 from graphpilot.runtime.layers.rotary import RotaryEmbedding
 
@@ -226,6 +226,24 @@ def test_skinny_mm_matches_torch(
         _close(out, F.linear(x.float(), w.float(), None if b is None else b.float()), dtype, ulps=2)
 
 
+@pytest.mark.parametrize(("device", "dtype"), CASES)
+@pytest.mark.parametrize(("rows", "n", "k"), [(1, 200, 96), (5, 72, 320), (27, 48, 64)])
+def test_gated_skinny_mm_applies_the_mlp_activation(
+    device: str, dtype: torch.dtype, rows: int, n: int, k: int
+) -> None:
+    """The gated kernel gives what the MLP's multiply then activation give: silu(x @ gate.T) * (x @ up.T)
+    for weight = [gate | up], with each half's rows read from their own place in the weight."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(rows, k, generator=g).to(device, dtype)
+    w = (torch.randn(2 * n, k, generator=g) / k**0.5).to(device, dtype)
+    gate, up = F.linear(x.float(), w.float()).chunk(2, dim=-1)
+    for block_n, block_k in ((16, 64), (64, 128)):  # tiles that divide the shape and tiles that do not
+        out = skinny_mm(x, w, block_n=block_n, block_k=block_k, gated=True)
+        assert out.shape == (rows, n)
+        _close(out, F.silu(gate) * up, dtype, ulps=3)
+        _close(out, silu_and_mul(skinny_mm(x, w, block_n=2 * block_n, block_k=block_k)), dtype, ulps=1)
+
+
 @pytest.mark.gpu
 def test_repeated_launches_compute_on_each_calls_own_tensors() -> None:
     """After a call site's first launch (compiled through Triton) the next ones hand the launcher the
@@ -263,6 +281,27 @@ def test_gemm_table_routes_measured_shapes_to_the_skinny_kernel() -> None:
     assert copies[0] is w and sum(c.numel() * c.element_size() for c in copies) > l2
     assert all(torch.equal(c, w) for c in copies)
     _close(linear(x, w, table=table), F.linear(x, w), torch.bfloat16, ulps=2)
+
+
+@pytest.mark.gpu
+def test_gemm_table_times_the_gated_mlp_kernel_against_the_pair() -> None:
+    """An MLP's [gate | up] weight is timed both ways at every row count; where the gated kernel won,
+    `silu_mul_linear` runs it, elsewhere it returns None and the model runs the pair."""
+    w = torch.randn(2 * 3072, 1024, dtype=torch.bfloat16, device="cuda") / 32
+    table = GemmTable()
+    table.tune([(w, None)], gated=[w])
+    gated = [m for m in table.measured if m.get("gated")]
+    assert {m["rows"] for m in gated} == {1, 2, 4, 8, 16, 32}
+    assert all(m["pair_us"] > 0 and m["gated_us"] > 0 for m in gated)
+    for m in gated:
+        assert ((2 * 3072, 1024, m["rows"]) in table.gated) == (m["gated_us"] < m["pair_us"])
+    x = torch.randn(3, 1024, dtype=torch.bfloat16, device="cuda")
+    act = silu_mul_linear(x, w, table)
+    assert (act is not None) == ((2 * 3072, 1024, 4) in table.gated)
+    gate, up = F.linear(x.float(), w.float()).chunk(2, dim=-1)
+    if act is not None:
+        _close(act, F.silu(gate) * up, torch.bfloat16, ulps=3)
+    assert silu_mul_linear(torch.randn(33, 1024, dtype=torch.bfloat16, device="cuda"), w, table) is None
 
 
 @pytest.mark.gpu
