@@ -296,7 +296,8 @@ def main() -> None:
         run: dict[str, Any] = {"backend": backend, "concurrency": c, "engine_start_seconds": round(time.perf_counter() - t0, 2),
                                "load_seconds": round(engine.load_seconds, 2), "attention": engine.attn_backend,
                                "async_scheduling": engine.async_scheduling,
-                               "skinny_gemm_shapes": len(engine.model.gemm.skinny)}  # fmt: skip
+                               "skinny_gemm_shapes": len(engine.model.gemm.skinny),
+                               "gated_mlp_rows": sorted(rows for _, _, rows in engine.model.gemm.gated)}  # fmt: skip
         result["runs"].append(run)
         if backend.startswith("cuda") and "graphs" not in result:
             result["weight_bytes"] = weight_bytes(engine)
