@@ -71,26 +71,16 @@ class GemmTable:
         self.kernel = skinny_mm
         sms = num_sms(next(iter(seen.values()))[0].device)
         for (n, k, has_bias), (w, b) in seen.items():
-            ws = cold_copies(w)  # once per shape, for every row count
-            calls = len(ws) * -(-reps // len(ws))  # whole cycles: no copy twice in a row
-            it = itertools.cycle(ws)
-            rows = 1
-            while rows <= MAX_ROWS:
-                x = torch.randn(rows, k, dtype=w.dtype, device=w.device)
+            for rows, x, it, calls in _row_sweep(w, reps):
                 out = torch.empty(rows, n, dtype=w.dtype, device=w.device)
                 cublas = graph_us(lambda x=x, b=b, out=out, it=it: _torch_mm(x, next(it), b, out), calls)
-                cfg, ours = None, float("inf")
-                for candidate in skinny_candidates(n, sms):
-                    fitted, us = _fit(skinny_mm, candidate, x, it, b, out, calls)
-                    if us < ours:
-                        cfg, ours = fitted, us
+                cfg, ours = _fastest(skinny_mm, skinny_candidates(n, sms), x, it, b, out, calls)
                 if cfg is not None and ours < cublas:
                     self.skinny[(n, k, has_bias, rows)] = cfg
                 self.measured.append(
                     {"n": n, "k": k, "bias": has_bias, "rows": rows, "cublas_us": round(cublas, 2),
                      "skinny_us": round(ours, 2), "skinny_config": "{}x{}s{}".format(*cfg) if cfg else None}
                 )  # fmt: skip
-                rows *= 2
         if GATED_MLP and gated:
             self._tune_gated(gated, reps, sms)
         self.measured.sort(key=lambda m: m["rows"])  # by row count, shapes in model order
@@ -100,30 +90,36 @@ class GemmTable:
         from graphpilot.runtime.kernels.gemm import skinny_candidates, skinny_mm
 
         gated_mm = functools.partial(skinny_mm, gated=True)
-        for n2, k in dict.fromkeys((w.shape[0], w.shape[1]) for w in weights):
-            w = next(w for w in weights if (w.shape[0], w.shape[1]) == (n2, k))
-            ws = cold_copies(w)
-            calls = len(ws) * -(-reps // len(ws))
-            it = itertools.cycle(ws)
-            candidates = list(dict.fromkeys(
-                (max(16, bn // 2), bk, st) for bn, bk, st in skinny_candidates(n2, sms)))  # fmt: skip
-            rows = 1
-            while rows <= MAX_ROWS:
-                x = torch.randn(rows, k, dtype=w.dtype, device=w.device)
+        shapes: dict[tuple[int, int], torch.Tensor] = {}
+        for w in weights:
+            shapes.setdefault((w.shape[0], w.shape[1]), w)
+        for (n2, k), w in shapes.items():
+            # the same weight rows per program as the plain kernel's candidates: half as many outputs
+            candidates = list(
+                dict.fromkeys((max(16, bn // 2), bk, st) for bn, bk, st in skinny_candidates(n2, sms))
+            )
+            for rows, x, it, calls in _row_sweep(w, reps):
                 out = torch.empty(rows, n2 // 2, dtype=w.dtype, device=w.device)
                 pair = graph_us(lambda x=x, it=it: silu_and_mul(linear(x, next(it), table=self)), calls)
-                cfg, ours = None, float("inf")
-                for candidate in candidates:
-                    fitted, us = _fit(gated_mm, candidate, x, it, None, out, calls)
-                    if us < ours:
-                        cfg, ours = fitted, us
+                cfg, ours = _fastest(gated_mm, candidates, x, it, None, out, calls)
                 if cfg is not None and ours < pair:
                     self.gated[(n2, k, rows)] = cfg
                 self.measured.append(
                     {"n": n2, "k": k, "bias": False, "rows": rows, "gated": True, "pair_us": round(pair, 2),
                      "gated_us": round(ours, 2), "gated_config": "{}x{}s{}".format(*cfg) if cfg else None}
                 )  # fmt: skip
-                rows *= 2
+
+
+def _row_sweep(w: torch.Tensor, reps: int) -> Iterator[tuple[int, torch.Tensor, Iterator[torch.Tensor], int]]:
+    """For 1, 2, 4 .. MAX_ROWS rows: the row count, an input of that many rows, the cycle through
+    `w`'s cold copies (made once per weight) and a call count of whole cycles (no copy twice in a row)."""
+    ws = cold_copies(w)
+    calls = len(ws) * -(-reps // len(ws))
+    it = itertools.cycle(ws)
+    rows = 1
+    while rows <= MAX_ROWS:
+        yield rows, torch.randn(rows, w.shape[1], dtype=w.dtype, device=w.device), it, calls
+        rows *= 2
 
 
 def cold_copies(w: torch.Tensor) -> list[torch.Tensor]:
@@ -156,6 +152,24 @@ def _fit(
             except OutOfResources:
                 continue
     return None, float("inf")
+
+
+def _fastest(
+    kernel: Callable[..., torch.Tensor],
+    candidates: list[tuple[int, int, int]],
+    x: torch.Tensor,
+    w: Iterator[torch.Tensor],
+    b: torch.Tensor | None,
+    out: torch.Tensor,
+    reps: int,
+) -> tuple[tuple[int, int, int] | None, float]:
+    """The fastest of `candidates` as fitted by `_fit`, and its microseconds ((None, inf) if none fits)."""
+    best, best_us = None, float("inf")
+    for candidate in candidates:
+        fitted, us = _fit(kernel, candidate, x, w, b, out, reps)
+        if us < best_us:
+            best, best_us = fitted, us
+    return best, best_us
 
 
 def _torch_mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
