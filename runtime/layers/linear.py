@@ -130,30 +130,6 @@ def cold_copies(w: torch.Tensor) -> list[torch.Tensor]:
     return [w] + [w.clone() for _ in range(min(31, -(-3 * l2 // (2 * nbytes)) - 1))]
 
 
-def _fit(
-    kernel: Callable[..., torch.Tensor],
-    cfg: tuple[int, int, int],
-    x: torch.Tensor,
-    w: Iterator[torch.Tensor],
-    b: torch.Tensor | None,
-    out: torch.Tensor,
-    reps: int,
-) -> tuple[tuple[int, int, int] | None, float]:
-    """Time the skinny kernel with `cfg`, with fewer pipeline stages (then shorter K tiles) where the
-    tiles do not fit in this GPU's shared memory; (None, inf) when nothing fits."""
-    from triton.runtime.errors import OutOfResources
-
-    block_n, block_k0, stages0 = cfg
-    for block_k in (block_k0, block_k0 // 2, block_k0 // 4):
-        for stages in range(stages0, 1, -1):
-            tried = (block_n, block_k, stages)
-            try:
-                return tried, graph_us(lambda tried=tried: kernel(x, next(w), b, out, *tried), reps)
-            except OutOfResources:
-                continue
-    return None, float("inf")
-
-
 def _fastest(
     kernel: Callable[..., torch.Tensor],
     candidates: list[tuple[int, int, int]],
@@ -163,12 +139,26 @@ def _fastest(
     out: torch.Tensor,
     reps: int,
 ) -> tuple[tuple[int, int, int] | None, float]:
-    """The fastest of `candidates` as fitted by `_fit`, and its microseconds ((None, inf) if none fits)."""
+    """Time the skinny kernel with each of `candidates`, a candidate whose tiles do not fit in this
+    GPU's shared memory with fewer pipeline stages (then shorter K tiles): the fastest configuration
+    that ran and its microseconds ((None, inf) when none fits)."""
+    from triton.runtime.errors import OutOfResources
+
     best, best_us = None, float("inf")
-    for candidate in candidates:
-        fitted, us = _fit(kernel, candidate, x, w, b, out, reps)
-        if us < best_us:
-            best, best_us = fitted, us
+    for block_n, block_k0, stages0 in candidates:
+        fallbacks = (
+            (block_n, block_k, stages)
+            for block_k in (block_k0, block_k0 // 2, block_k0 // 4)
+            for stages in range(stages0, 1, -1)
+        )
+        for tried in fallbacks:  # the first that fits is the candidate's time
+            try:
+                us = graph_us(lambda tried=tried: kernel(x, next(w), b, out, *tried), reps)
+            except OutOfResources:
+                continue
+            if us < best_us:
+                best, best_us = tried, us
+            break
     return best, best_us
 
 
