@@ -26,7 +26,7 @@ from graphpilot.runtime.engine.context import (
 )
 from graphpilot.runtime.engine.detokenizer import append_text, full_text
 from graphpilot.runtime.engine.kv_cache import KVCache, bytes_per_token
-from graphpilot.runtime.engine.request import Request, SamplingError, SamplingParams, Status
+from graphpilot.runtime.engine.request import Request, SamplingError, SamplingParams, Status, TokenLogprob
 from graphpilot.runtime.engine.scheduler import ScheduledBatch, Scheduler
 from graphpilot.runtime.engine.stats import StepLog
 from graphpilot.runtime.graphs.runner import ApplyResult, GraphRunner, Route
@@ -39,6 +39,7 @@ from graphpilot.runtime.profile import mixed_step_knee
 from graphpilot.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
+Logprobs = tuple[torch.Tensor, torch.Tensor]  # `Sampler.logprobs`: [b, 1 + k] values, [b, k] token ids
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CPU_DEFAULT_KV_TOKENS = 16384
 
@@ -56,6 +57,7 @@ class RequestOutput:
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # of `new_token_ids`, when the request asked for them
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Completion:
     token_ids: list[int]
     text: str
     finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when the request asked for them
 
 
 @dataclass
@@ -76,6 +79,7 @@ class _InFlight:
     sample_reqs: list[Request]
     tokens: torch.Tensor | None  # [num_sampled] on the device
     host: torch.Tensor | None  # their host copy, valid once `done` has passed
+    logprobs: Logprobs | None  # host copies too (`Sampler.logprobs`), where a request asked for them
     done: Any  # torch.cuda.Event, or None on the CPU
     start: float
 
@@ -279,11 +283,15 @@ class Engine:
             if batch is None:
                 return []
             start = time.perf_counter()
-            sample_reqs, token_ids, route = self._forward(batch)
+            sample_reqs, tokens, route, lps = self._launch(batch, None)
+            token_ids = [] if tokens is None else tokens.tolist()
             seconds = time.perf_counter() - start
             for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
                 req.num_computed_tokens += n
-            outputs = [self._append(req, tok) for req, tok in zip(sample_reqs, token_ids, strict=True)]
+            rows = _logprob_rows(sample_reqs, token_ids, lps)
+            outputs = [
+                self._append(req, tok, lp) for req, tok, lp in zip(sample_reqs, token_ids, rows, strict=True)
+            ]
             self.step_log.append(batch.num_tokens, route.bucket, route.reason, seconds, len(token_ids))
             return outputs
 
@@ -306,14 +314,11 @@ class Engine:
     ) -> AttentionMetadata:
         return self.step_inputs(None, query_lens, context_lens, block_tables).attn
 
-    def _forward(self, batch: ScheduledBatch) -> tuple[list[Request], list[int], Route]:
-        sample_reqs, tokens, route = self._launch(batch, None)
-        return sample_reqs, [] if tokens is None else tokens.tolist(), route
-
     def _launch(
         self, batch: ScheduledBatch, prev_tokens: torch.Tensor | None
-    ) -> tuple[list[Request], torch.Tensor | None, Route]:
-        """Queue the batch's forward and sampling on the device; the sampled ids stay there.
+    ) -> tuple[list[Request], torch.Tensor | None, Route, Logprobs | None]:
+        """Queue the batch's forward and sampling on the device; the sampled ids (and the
+        log-probabilities that requests asked for) stay there.
 
         A token id -(i + 1) is a placeholder for the i-th token sampled by the step still in flight
         (`prev_tokens`): it is filled in on the device, so the host need not wait for it.
@@ -338,11 +343,13 @@ class Engine:
         ctx = ForwardContext(num_tokens=len(ids), attn=inputs.attn)
         hidden, route = self.runner.forward(input_ids, inputs.positions, ctx)
         if not sample_reqs:
-            return [], None, route
+            return [], None, route, None
         # logits in the model's dtype: the sampler casts them to fp32 where a row samples
         logits = self.model.compute_logits(hidden[inputs.sample_rows], fp32=False)
         tokens = self.sampler(logits, [r.params for r in sample_reqs], [r.request_id for r in sample_reqs])
-        return sample_reqs, tokens, route
+        asked = [r.params.logprobs for r in sample_reqs if r.params.logprobs is not None]
+        lps = self.sampler.logprobs(logits, tokens, max(asked)) if asked else None
+        return sample_reqs, tokens, route, lps
 
     def _step_async(self) -> list[RequestOutput]:
         """Launch step N+1, then read step N's tokens while the device runs N+1.
@@ -362,16 +369,18 @@ class Engine:
             batch = self.scheduler.schedule()
             if batch is not None:
                 start = time.perf_counter()
-                sample_reqs, tokens, route = self._launch(batch, prev.tokens if prev is not None else None)
+                sample_reqs, tokens, route, lps = self._launch(
+                    batch, prev.tokens if prev is not None else None
+                )
                 for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
                     req.num_computed_tokens += n
-                host, done = tokens, None
+                host, host_lps, done = tokens, lps, None
                 if tokens is not None and tokens.is_cuda:
-                    host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-                    host.copy_(tokens, non_blocking=True)
+                    host = _to_host(tokens)
+                    host_lps = None if lps is None else (_to_host(lps[0]), _to_host(lps[1]))
                     done = torch.cuda.Event()
                     done.record()
-                cur = _InFlight(batch, route, sample_reqs, tokens, host, done, start)
+                cur = _InFlight(batch, route, sample_reqs, tokens, host, host_lps, done, start)
             outputs = self._resolve(prev) if prev is not None else []
             if cur is not None:
                 for i, req in enumerate(cur.sample_reqs):
@@ -385,21 +394,24 @@ class Engine:
         if p.done is not None:
             p.done.synchronize()
         tokens = [] if p.host is None else p.host.tolist()
+        rows = _logprob_rows(p.sample_reqs, tokens, p.logprobs)
         outputs = []
-        for req, tok in zip(p.sample_reqs, tokens, strict=True):
+        for req, tok, lp in zip(p.sample_reqs, tokens, rows, strict=True):
             if req.finished:  # finished or aborted while this step was in flight: drop its token
                 continue
             assert req.output_token_ids[-1] < 0, "a resolved request lost its placeholder"
             req.output_token_ids.pop()
-            outputs.append(self._append(req, tok))
+            outputs.append(self._append(req, tok, lp))
         # wall time of this step alone: steps overlap, so it starts where the previous one ended
         now = time.perf_counter()
         seconds, self._resolved_at = now - max(p.start, self._resolved_at), now
         self.step_log.append(p.batch.num_tokens, p.route.bucket, p.route.reason, seconds, len(tokens))
         return outputs
 
-    def _append(self, req: Request, token: int) -> RequestOutput:
+    def _append(self, req: Request, token: int, logprob: TokenLogprob | None = None) -> RequestOutput:
         req.output_token_ids.append(token)
+        if logprob is not None:
+            req.output_logprobs.append(logprob)
         self.counters["generation_tokens"] += 1
         if len(req.output_token_ids) == 1:
             self.counters["prompt_tokens"] += req.num_prompt_tokens
@@ -422,7 +434,7 @@ class Engine:
             self._finish(req, reason)
         return RequestOutput(
             req.request_id, [token], text, req.finished, req.finish_reason,
-            req.num_prompt_tokens, len(req.output_token_ids),
+            req.num_prompt_tokens, len(req.output_token_ids), None if logprob is None else [logprob],
         )  # fmt: skip
 
     def _finish(self, req: Request, reason: str) -> None:
@@ -447,10 +459,12 @@ class Engine:
             reqs.append(self.requests[rid])
         while any(r.status is not Status.FINISHED for r in reqs):
             self.step()
-        return [
-            Completion(r.request_id, r.prompt_token_ids, r.output_token_ids, r.output_text, r.finish_reason)
-            for r in reqs
-        ]
+        done = []
+        for r in reqs:
+            lps = r.output_logprobs if r.params.logprobs is not None else None
+            done.append(Completion(r.request_id, r.prompt_token_ids, r.output_token_ids, r.output_text,
+                                   r.finish_reason, lps))  # fmt: skip
+        return done
 
     def stats_summary(self) -> dict[str, Any]:
         """Replays per bucket, rejects per reason, padded tokens (for `generate --stats`)."""
@@ -469,6 +483,26 @@ class Engine:
             "num_preemptions": self.scheduler.num_preemptions,
             "mixed_step_tokens": self.scheduler.mixed_step_tokens,
         }
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """A pinned host copy of a device tensor, queued on the current stream (valid after its event)."""
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+def _logprob_rows(reqs: list[Request], tokens: list[int], lps: Logprobs | None) -> list[TokenLogprob | None]:
+    """Each sampled row's TokenLogprob (None where its request did not ask) from host tensors."""
+    if lps is None:
+        return [None] * len(tokens)
+    values, ids = lps[0].tolist(), lps[1].tolist()
+    rows: list[TokenLogprob | None] = []
+    for req, tok, vals, top_ids in zip(reqs, tokens, values, ids, strict=True):
+        k = req.params.logprobs
+        top = None if k is None else list(zip(top_ids[:k], vals[1 : 1 + k], strict=True))
+        rows.append(None if top is None else TokenLogprob(tok, vals[0], top))
+    return rows
 
 
 def _resolve_device(name: str) -> torch.device:

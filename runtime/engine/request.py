@@ -5,10 +5,12 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from graphpilot.runtime.engine.detokenizer import DetokState
 
 _ids = itertools.count()
+MAX_LOGPROBS = 20  # the most alternatives a token's log-probabilities list (OpenAI's limit)
 
 
 class SamplingError(ValueError):
@@ -24,6 +26,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; k: each output token's log-probability and the k most likely
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -34,10 +37,21 @@ class SamplingParams:
             raise SamplingError(f"top_p must be within (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise SamplingError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise SamplingError(f"logprobs must be within 0..{MAX_LOGPROBS}, got {self.logprobs}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+class TokenLogprob(NamedTuple):
+    """An output token's log-probability under the model (before temperature, top-k and top-p, as
+    OpenAI and vLLM report it) and the `SamplingParams.logprobs` most likely tokens, most likely first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 class Status(enum.Enum):
@@ -58,6 +72,7 @@ class Request:
     block_table: list[int] = field(default_factory=list)
     num_preemptions: int = 0
     output_text: str = ""
+    output_logprobs: list[TokenLogprob] = field(default_factory=list)  # with `params.logprobs`
     detok: DetokState = field(default_factory=DetokState)
 
     @property

@@ -3,6 +3,10 @@
 Runs eagerly on the live batch after the graph replay. Random draws use the exponential-race trick
 (argmax of p / E with E ~ Exp(1)), so a seeded request draws from its own generator and gets the same
 tokens whatever else shares its batch.
+
+Log-probabilities, for the requests that ask for them (`SamplingParams.logprobs`), are those of the
+model's distribution before temperature, top-k and top-p (what OpenAI and vLLM report), computed in
+fp32 beside the sampled tokens, so they reach the host with them.
 """
 
 from __future__ import annotations
@@ -64,3 +68,14 @@ class Sampler:
         drop = (ranks >= top_k[:, None]) | (mass_before > top_p[:, None])
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+    @staticmethod
+    def logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[b, 1 + top] fp32 log-probabilities (the sampled token's, then the `top` most likely
+        tokens', most likely first) and [b, top] those tokens' ids, of the rows' raw logits."""
+        lp = logits.float().log_softmax(dim=-1)
+        chosen = lp.gather(1, tokens[:, None])
+        if top == 0:
+            return chosen, torch.empty(tokens.shape[0], 0, dtype=torch.long, device=tokens.device)
+        top_lp, top_ids = lp.topk(top, dim=-1)
+        return torch.cat([chosen, top_lp], dim=1), top_ids

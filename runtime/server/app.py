@@ -121,12 +121,16 @@ def validation_message(errors: Any) -> tuple[str, str | None]:
         if err.get("type") == "json_invalid":
             return f"the body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}", None
     locs = [[str(x) for x in err.get("loc", ()) if x != "body"] for err in errors]
+    if not locs[0] and errors[0].get("type") == "value_error":  # a model validator: "field: why"
+        message = str(errors[0]["msg"]).removeprefix("Value error, ")
+        return message, message.split(":", 1)[0]
     first = locs[0][:1] if locs and locs[0] else []
     if len(errors) > 1 and first and all(loc[:1] == first for loc in locs):
         # one field, several union branches failed: name the forms it may take
         forms = ", ".join(dict.fromkeys(loc[1] for loc in locs if len(loc) > 1))
         return f"{first[0]}: invalid value; allowed forms: {forms}", first[0]
-    parts = [f"{'.'.join(loc) or 'body'}: {err['msg']}" for loc, err in zip(locs, errors, strict=True)][:3]
+    parts = [f"{'.'.join(loc) or 'body'}: {str(err['msg']).removeprefix('Value error, ')}"
+             for loc, err in zip(locs, errors, strict=True)][:3]  # fmt: skip
     return "; ".join(dict.fromkeys(parts)) or "invalid request", first[0] if first else None
 
 

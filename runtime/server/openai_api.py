@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from graphpilot.runtime.engine.request import SamplingParams
+from graphpilot.runtime.engine.request import SamplingParams, TokenLogprob
 from graphpilot.runtime.server.loop import AsyncEngine, RequestGroup
 from graphpilot.runtime.server.protocol import (
     APIError,
@@ -21,7 +21,7 @@ from graphpilot.runtime.server.protocol import (
     _Sampling,
     usage,
 )
-from graphpilot.runtime.server.text import ChatTemplate, TextDelta
+from graphpilot.runtime.server.text import ChatTemplate, TextDelta, TokenText
 
 router = APIRouter()
 
@@ -48,7 +48,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     tokenized = await asyncio.to_thread(
         lambda: [engine.encode(p) if isinstance(p, str) else p for p in body.prompts()]
     )
-    call = _Call("cmpl", "text_completion", request.app.state.served_model_name, body)
+    call = _Call(
+        "cmpl", "text_completion", request.app.state.served_model_name, body, _token_text(request, body)
+    )
     return await _serve(request, body, call, tokenized, body.max_tokens or 16)
 
 
@@ -63,7 +65,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     text = state.chat_template.render(messages)
     ids = await asyncio.to_thread(engine.encode, text)
     max_tokens = body.max_new_tokens() or max(1, engine.max_model_len - len(ids))
-    call = _Call("chatcmpl", "chat.completion", state.served_model_name, body)
+    call = _Call("chatcmpl", "chat.completion", state.served_model_name, body, _token_text(request, body))
     return await _serve(request, body, call, [ids], max_tokens)
 
 
@@ -71,7 +73,17 @@ def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
     """The engine's SamplingParams for a request body (SamplingError: the server answers 400)."""
     return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                           top_k=body.top_k, seed=body.seed, stop=body.stop_list(),
-                          ignore_eos=body.ignore_eos)  # fmt: skip
+                          ignore_eos=body.ignore_eos, logprobs=body.logprob_count())  # fmt: skip
+
+
+def _token_text(request: Request, body: _Sampling) -> TokenText | None:
+    """The server's TokenText when the call asks for logprobs."""
+    if body.logprob_count() is None:
+        return None
+    state = request.app.state
+    if getattr(state, "token_text", None) is None:
+        state.token_text = TokenText(_runtime(request).engine.tokenizer)
+    return state.token_text
 
 
 def _check(request: Request, body: _Sampling) -> Any:
@@ -85,11 +97,13 @@ def _check(request: Request, body: _Sampling) -> Any:
 class _Call:
     """Shapes one call's responses and chunks (completion or chat)."""
 
-    def __init__(self, prefix: str, obj: str, model: str, body: _Sampling) -> None:
+    def __init__(self, prefix: str, obj: str, model: str, body: _Sampling, tokens: TokenText | None) -> None:
         self.id, self.object, self.model = f"{prefix}-{uuid.uuid4().hex}", obj, model
         self.created = int(time.time())
         self.chat = obj == "chat.completion"
         self.body = body
+        self.tokens = tokens  # set when the call asks for logprobs
+        self._offset: dict[int, int] = {}  # per choice: where its next token's text starts
 
     def envelope(self, choices: list[dict[str, Any]], chunk: bool = False) -> dict[str, Any]:
         obj = self.object + (".chunk" if self.chat and chunk else "")
@@ -101,14 +115,28 @@ class _Call:
             "choices": choices,
         }
 
-    def choice(self, index: int, text: str, finish_reason: str | None, chunk: bool = False) -> dict[str, Any]:
+    def choice(
+        self, index: int, text: str, finish_reason: str | None, chunk: bool = False,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        lps = self._logprobs(index, logprobs or [])
         if not self.chat:
-            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            return {"index": index, "text": text, "logprobs": lps, "finish_reason": finish_reason}
         key = "delta" if chunk else "message"
         content: dict[str, Any] = {"content": text} if chunk else {"role": "assistant", "content": text}
         if chunk and finish_reason is not None and not text:
             content = {}
-        return {"index": index, key: content, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, key: content, "logprobs": lps, "finish_reason": finish_reason}
+
+    def _logprobs(self, index: int, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+        """The choice's `logprobs` for these tokens (a stream's chunks continue the text offsets)."""
+        if self.tokens is None:
+            return None
+        if self.chat:
+            return self.tokens.chat(entries)
+        out = self.tokens.completion(entries, self._offset.get(index, 0))
+        self._offset[index] = self._offset.get(index, 0) + sum(len(t) for t in out["tokens"])
+        return out
 
 
 async def _serve(
@@ -125,13 +153,17 @@ async def _serve(
 
 async def _collect(call: _Call, group: RequestGroup) -> JSONResponse:
     final: dict[int, Any] = {}
+    logprobs: dict[int, list[TokenLogprob]] = {}
     try:
         async for i, out in group:
+            logprobs.setdefault(i, []).extend(out.logprobs or [])
             if out.finished:
                 final[i] = out
     finally:
         group.close()
-    choices = [call.choice(i, o.text, o.finish_reason) for i, o in sorted(final.items())]
+    choices = [
+        call.choice(i, o.text, o.finish_reason, logprobs=logprobs[i]) for i, o in sorted(final.items())
+    ]
     resp = call.envelope(choices)
     resp["usage"] = usage(sum(o.num_prompt_tokens for o in final.values()),
                           sum(o.num_output_tokens for o in final.values()))  # fmt: skip
@@ -142,15 +174,19 @@ async def _stream(call: _Call, group: RequestGroup) -> AsyncIterator[str]:
     stops = call.body.stop_list()
     deltas = [TextDelta(stops) for _ in group.request_ids]
     counts = [[0, 0] for _ in group.request_ids]  # prompt, completion tokens
+    pending: list[list[TokenLogprob]] = [[] for _ in group.request_ids]  # not yet in a chunk
     try:
         if call.chat:
             yield _sse(call.envelope([{"index": 0, "delta": {"role": "assistant", "content": ""},
                                        "logprobs": None, "finish_reason": None}], chunk=True))  # fmt: skip
         async for i, out in group:
             counts[i] = [out.num_prompt_tokens, out.num_output_tokens]
+            pending[i].extend(out.logprobs or [])
             text = deltas[i].update(out.text, out.finished)
             if text or out.finished:
-                yield _sse(call.envelope([call.choice(i, text, out.finish_reason, chunk=True)], chunk=True))
+                choice = call.choice(i, text, out.finish_reason, chunk=True, logprobs=pending[i])
+                pending[i] = []
+                yield _sse(call.envelope([choice], chunk=True))
     except Exception as e:  # the stream has started: report the error in-band, as OpenAI does
         yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
     finally:

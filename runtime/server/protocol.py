@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from graphpilot.runtime.engine.request import MAX_LOGPROBS
 
 MAX_SEED = 2**63 - 1
 MAX_STOP = 16
@@ -35,6 +37,19 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(description="Only text: json_object and json_schema are not supported.")
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, value: str) -> str:
+        if value != "text":
+            raise ValueError(f"{value!r} is not supported (structured output is not supported): only 'text'")
+        return value
+
+
 class _Sampling(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
@@ -53,6 +68,13 @@ class _Sampling(BaseModel):
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
     user: str | None = None
+    response_format: ResponseFormat | None = Field(
+        None, description='Only {"type": "text"}: structured output is not supported.'
+    )
+
+    def logprob_count(self) -> int | None:
+        """How many alternatives each output token's log-probabilities list (None: none asked)."""
+        return None
 
     def stop_list(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -71,9 +93,15 @@ class CompletionRequest(_Sampling):
     prompt: Prompt = Field(description="Text, token ids, or a list of either (one choice per prompt).")
     max_tokens: int | None = Field(16, ge=1)
     echo: Literal[False] = Field(False, description="Not supported: must be false.")
-    logprobs: None = Field(None, description="Not supported: must be null.")
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_LOGPROBS,
+        description="Each output token's log-probability and this many most likely tokens' (0..20).",
+    )  # fmt: skip
     best_of: int | None = Field(None, ge=1, le=1)
     suffix: None = Field(None, description="Not supported: must be null.")
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -106,7 +134,27 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="Default: the rest of the context.")
     max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens (newer name).")
-    logprobs: Literal[False] | None = Field(None, description="Not supported.")
+    logprobs: bool | None = Field(None, description="Each output token's log-probability.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_LOGPROBS, description="With logprobs: this many most likely tokens' too (0..20)."
+    )
+    tools: list[Any] | None = Field(
+        None, description="Tool calling is not supported: only with tool_choice none."
+    )
+    tool_choice: Any = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: needs logprobs: true")
+        if self.tools and self.tool_choice != "none":
+            raise ValueError(
+                "tools: tool calling is not supported by this server (send tool_choice: none, or no tools)"
+            )
+        return self
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -1,4 +1,4 @@
-"""Chat templates and incremental text for streaming."""
+"""Chat templates, incremental text for streaming, and tokens as logprobs report them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from graphpilot.runtime.engine.request import TokenLogprob
+
+MIN_LOGPROB = -9999.0  # JSON has no -inf: a token of probability 0 reports this (as OpenAI does)
 
 # ChatML (as Qwen models use): the template when a checkpoint's tokenizer_config.json has none.
 DEFAULT_CHAT_TEMPLATE = (
@@ -86,3 +91,80 @@ class TextDelta:
             return ""
         delta, self.sent = text[self.sent : end], end
         return delta
+
+
+def _byte_level_bytes() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2, Qwen, Llama 3): the character that stands for each byte."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {b: chr(b) for b in kept}
+    for n, b in enumerate(b for b in range(256) if b not in chars):
+        chars[b] = chr(256 + n)
+    return {c: b for b, c in chars.items()}
+
+
+_BYTE_OF = _byte_level_bytes()
+
+
+class TokenText:
+    """Token ids as the text and UTF-8 bytes that logprobs report. A byte-level BPE token is its
+    exact bytes (part of a character, too, which `bytes` keeps and the text shows as U+FFFD); other
+    tokenizers' tokens are decoded one at a time."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.byte_level = type(tokenizer.decoder).__name__ == "ByteLevel"
+        self._cache: dict[int, bytes] = {}
+
+    def bytes(self, token_id: int) -> bytes:
+        got = self._cache.get(token_id)
+        if got is None:
+            piece = self.tokenizer.id_to_token(token_id) if self.byte_level else None
+            if piece is not None and all(c in _BYTE_OF for c in piece):
+                got = bytes(_BYTE_OF[c] for c in piece)
+            else:
+                got = self.tokenizer.decode([token_id], skip_special_tokens=False).encode()
+            self._cache[token_id] = got
+        return got
+
+    def text(self, token_id: int) -> str:
+        return self.bytes(token_id).decode("utf-8", errors="replace")
+
+    def completion(self, entries: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+        """/v1/completions' `logprobs`: tokens, their log-probabilities, for each the sampled and the
+        most likely tokens by text, and each token's offset in the text from `offset`."""
+        out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for e in entries:
+            text = self.text(e.token_id)
+            top = {text: _finite(e.logprob)}
+            for tid, lp in e.top:
+                top.setdefault(self.text(tid), _finite(lp))
+            out["tokens"].append(text)
+            out["token_logprobs"].append(_finite(e.logprob))
+            out["top_logprobs"].append(top)
+            out["text_offset"].append(offset)
+            offset += len(text)
+        return out
+
+    def chat(self, entries: list[TokenLogprob]) -> dict[str, Any]:
+        """/v1/chat/completions' `logprobs`: {"content": [token, logprob, bytes, top_logprobs]}."""
+        return {
+            "content": [
+                {
+                    **self._entry(e.token_id, e.logprob),
+                    "top_logprobs": [self._entry(t, lp) for t, lp in e.top],
+                }
+                for e in entries
+            ]
+        }
+
+    def _entry(self, token_id: int, logprob: float) -> dict[str, Any]:
+        raw = self.bytes(token_id)
+        return {
+            "token": raw.decode("utf-8", errors="replace"),
+            "logprob": _finite(logprob),
+            "bytes": list(raw),
+        }
+
+
+def _finite(logprob: float) -> float:
+    return max(logprob, MIN_LOGPROB)

@@ -75,6 +75,24 @@ def test_32_concurrent_mixed_requests_stay_on_graph(engine) -> None:
     assert engine.runner.graph_memory_bytes > 0
 
 
+def test_logprobs_served_on_graph_are_the_forwards(engine) -> None:
+    """A greedy request's log-probabilities, served on graph with async scheduling, against the
+    log-softmax of one forward over the same tokens (bf16 tolerance, as the logits above)."""
+    prompt = torch.randint(0, 50000, (40,), generator=torch.Generator().manual_seed(5)).tolist()
+    params = SamplingParams(max_tokens=8, temperature=0.0, logprobs=5, ignore_eos=True)
+    done = engine.generate([prompt], params)[0]
+    assert done.logprobs is not None and [e.token_id for e in done.logprobs] == done.token_ids
+    req = new_request()
+    logits = forward_logits(engine, req, prompt + done.token_ids[:-1]).float()
+    engine.kv.pool.free(req)
+    expected = logits.log_softmax(dim=-1)[len(prompt) - 1 :]
+    tolerance = 0.02 * logits.abs().max().item() + 1e-3
+    for e, row in zip(done.logprobs, expected, strict=True):
+        assert abs(e.logprob - row[e.token_id].item()) <= tolerance
+        assert e.logprob == e.top[0][1]  # greedy: the sampled token is (one of) the most likely
+        assert [v for _, v in e.top] == sorted((v for _, v in e.top), reverse=True)
+
+
 def test_live_retune_on_gpu_keeps_outputs(engine) -> None:
     params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
     prompts = [list(range(100 + i, 140 + 3 * i)) for i in range(8)]

@@ -7,6 +7,7 @@ import openai
 import pytest
 
 GOOD = {"model": "tiny", "prompt": "hello", "max_tokens": 2}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
 
 CASES = [
     # (name, body or raw bytes, status, words the message must contain)
@@ -24,6 +25,8 @@ CASES = [
     ("prompt over the context", {**GOOD, "prompt": "hello " * 3000}, 400, "maximum context length"),
     ("max_tokens over the context", {**GOOD, "max_tokens": 100000}, 400, "maximum context length"),
     ("negative seed", {**GOOD, "seed": -1}, 400, "seed"),
+    ("logprobs above 20", {**GOOD, "logprobs": 21}, 400, "logprobs"),
+    ("structured output", {**GOOD, "response_format": {"type": "json_object"}}, 400, "response_format"),
 ]
 
 
@@ -50,6 +53,11 @@ def test_invalid_chat_requests(tiny_runtime):
             {"model": "tiny", "messages": [{"role": "user", "content": "hi " * 3000}]},
             "maximum context length",
         ),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+            "needs logprobs",
+        ),
+        ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "tools": [TOOL]}, "tool calling"),
     ]:
         r = httpx.post(url, json=body, timeout=60)
         assert r.status_code == 400, r.text

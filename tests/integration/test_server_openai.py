@@ -171,3 +171,47 @@ def test_async_scheduling_serves_the_same_greedy_results(tiny_runtime, runtime_f
     for got, want in asyncio.run(run()):
         assert got == want
     assert rt.stop() == 0
+
+
+def test_completion_logprobs_streamed_and_not(tiny_runtime):
+    api = client(tiny_runtime)
+    kw = dict(model="tiny", prompt="red blue green", max_tokens=10, temperature=0, logprobs=2)
+    whole = api.completions.create(**kw).choices[0]
+    lp = whole.logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 10
+    for i, (tok, value, top) in enumerate(zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True)):
+        assert value <= 0 and top[tok] == value
+        assert value == max(top.values())  # greedy: the sampled token is the most likely one
+        assert 1 <= len(top) <= 3  # the 2 most likely, and the sampled one (here among them)
+        assert lp.text_offset[i] == sum(len(t) for t in lp.tokens[:i])
+    chunks = list(api.completions.create(**kw, stream=True))
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert [t for s in streamed for t in s.tokens] == lp.tokens
+    assert [v for s in streamed for v in s.token_logprobs] == lp.token_logprobs
+    assert [o for s in streamed for o in s.text_offset] == lp.text_offset
+    plain = api.completions.create(model="tiny", prompt="red blue green", max_tokens=10, temperature=0)
+    assert plain.choices[0].logprobs is None and plain.choices[0].text == whole.text
+
+
+def test_chat_logprobs_bytes_spell_the_message(tiny_runtime):
+    """Each token's UTF-8 bytes, joined, are the message (a token may hold part of a character)."""
+    api = client(tiny_runtime)
+    msgs = [{"role": "user", "content": "wörld € 300 + 4 ="}]
+    c = api.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0,
+                                    logprobs=True, top_logprobs=4, extra_body={"ignore_eos": True})  # fmt: skip
+    content = c.choices[0].logprobs.content
+    assert len(content) == 12
+    assert (
+        b"".join(bytes(e.bytes) for e in content).decode("utf-8", errors="replace")
+        == c.choices[0].message.content
+    )
+    for e in content:
+        assert len(e.top_logprobs) == 4
+        assert e.logprob == e.top_logprobs[0].logprob  # greedy
+        assert [t.logprob for t in e.top_logprobs] == sorted(
+            (t.logprob for t in e.top_logprobs), reverse=True
+        )
+    bare = api.chat.completions.create(
+        model="tiny", messages=msgs, max_tokens=3, temperature=0, logprobs=True
+    )
+    assert all(e.top_logprobs == [] for e in bare.choices[0].logprobs.content)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from graphpilot.runtime.config import ConfigError
+from graphpilot.runtime.engine.request import SamplingParams
 from graphpilot.runtime.models.config import ModelError
 from helpers import TINY_ARCHS, forward_logits, make_engine, new_request
 
@@ -87,3 +88,34 @@ def test_missing_files_are_named(tiny_dir: str, tmp_path, missing: str) -> None:
 def test_missing_model_directory(tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         make_engine(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_logprobs_are_the_models_before_temperature(
+    async_scheduling: bool, hf_checkpoints: dict[str, str]
+) -> None:
+    """Sampled at temperature 0.8 beside a request that asks for none: each output token's
+    log-probability and the 3 most likely tokens are transformers' log-softmax at that position."""
+    import transformers
+
+    model_dir = hf_checkpoints["Qwen3ForCausalLM"]
+    reference = transformers.Qwen3ForCausalLM.from_pretrained(model_dir).float().eval()
+    engine = make_engine(model_dir, graph_backend="eager", async_scheduling=async_scheduling)
+    asked = SamplingParams(max_tokens=8, temperature=0.8, seed=3, logprobs=3, ignore_eos=True)
+    plain = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    got, other = engine.generate(["Hello world", "the graph"], [asked, plain])
+    assert other.logprobs is None
+    assert got.logprobs is not None and [e.token_id for e in got.logprobs] == got.token_ids
+    ids = torch.tensor(got.prompt_token_ids + got.token_ids)
+    with torch.no_grad():
+        lp = reference(ids[None]).logits[0].log_softmax(dim=-1)
+    start = len(got.prompt_token_ids) - 1  # the position that predicts the first output token
+    below_top = 0
+    for i, e in enumerate(got.logprobs):
+        row = lp[start + i]
+        assert abs(e.logprob - row[e.token_id].item()) < ATOL
+        top = row.topk(3)
+        assert [t for t, _ in e.top] == top.indices.tolist()
+        assert [v for _, v in e.top] == pytest.approx(top.values.tolist(), abs=ATOL)
+        below_top += e.token_id != e.top[0][0]
+    assert below_top > 0, "sampling at 0.8 should pick a token other than the most likely somewhere"
