@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -142,9 +143,18 @@ class _Call:
 async def _serve(
     request: Request, body: _Sampling, call: _Call, prompts: list[Any], max_tokens: int
 ) -> Response:
-    params = sampling_params(body, max_tokens)
-    rids = [f"{call.id}-{i}" for i in range(len(prompts))]
-    group = await _runtime(request).add(prompts, [params] * len(prompts), rids)
+    """Queue `body.n` requests per prompt, choice i * n + j being prompt i's j-th (a seeded call's
+    j-th choice draws from seed + j), and answer with them, streamed or whole."""
+    params = [
+        dataclasses.replace(
+            sampling_params(body, max_tokens), seed=None if body.seed is None else body.seed + j
+        )
+        for j in range(body.n)
+    ]
+    rids = [f"{call.id}-{i}" for i in range(len(prompts) * body.n)]
+    group = await _runtime(request).add(
+        [p for p in prompts for _ in range(body.n)], params * len(prompts), rids
+    )
     if body.stream:
         return StreamingResponse(_stream(call, group), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})  # fmt: skip
@@ -165,7 +175,8 @@ async def _collect(call: _Call, group: RequestGroup) -> JSONResponse:
         call.choice(i, o.text, o.finish_reason, logprobs=logprobs[i]) for i, o in sorted(final.items())
     ]
     resp = call.envelope(choices)
-    resp["usage"] = usage(sum(o.num_prompt_tokens for o in final.values()),
+    n = call.body.n  # the prompt counts once however many choices it has (as OpenAI counts it)
+    resp["usage"] = usage(sum(o.num_prompt_tokens for i, o in final.items() if i % n == 0),
                           sum(o.num_output_tokens for o in final.values()))  # fmt: skip
     return JSONResponse(resp)
 
@@ -177,8 +188,9 @@ async def _stream(call: _Call, group: RequestGroup) -> AsyncIterator[str]:
     pending: list[list[TokenLogprob]] = [[] for _ in group.request_ids]  # not yet in a chunk
     try:
         if call.chat:
-            yield _sse(call.envelope([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                       "logprobs": None, "finish_reason": None}], chunk=True))  # fmt: skip
+            for i in range(len(group.request_ids)):
+                yield _sse(call.envelope([{"index": i, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}], chunk=True))  # fmt: skip
         async for i, out in group:
             counts[i] = [out.num_prompt_tokens, out.num_output_tokens]
             pending[i].extend(out.logprobs or [])
@@ -194,7 +206,8 @@ async def _stream(call: _Call, group: RequestGroup) -> AsyncIterator[str]:
     opts = call.body.stream_options
     if opts is not None and opts.include_usage:
         last = call.envelope([], chunk=True)
-        last["usage"] = usage(sum(c[0] for c in counts), sum(c[1] for c in counts))
+        n = call.body.n
+        last["usage"] = usage(sum(c[0] for c in counts[::n]), sum(c[1] for c in counts))
         yield _sse(last)
     yield "data: [DONE]\n\n"
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from graphpilot.runtime.engine.request import MAX_LOGPROBS
 
 MAX_SEED = 2**63 - 1
+MAX_N = 16  # choices per prompt: each is a request of its own
 MAX_STOP = 16
 
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
@@ -59,11 +60,11 @@ class _Sampling(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="GraphPilot extension: keep the k most likely tokens (0: off).")
-    n: int = Field(1, ge=1, le=1, description="Only n=1 is supported.")
+    n: int = Field(1, ge=1, le=MAX_N, description="Choices per prompt (1..16), each sampled on its own.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Stop = None
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED - MAX_N)
     ignore_eos: bool = Field(False, description="GraphPilot extension: keep generating past end-of-sequence.")
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
@@ -97,11 +98,17 @@ class CompletionRequest(_Sampling):
         None, ge=0, le=MAX_LOGPROBS,
         description="Each output token's log-probability and this many most likely tokens' (0..20).",
     )  # fmt: skip
-    best_of: int | None = Field(None, ge=1, le=1)
+    best_of: int | None = Field(None, ge=1, description="Not supported beyond n: null or n.")
     suffix: None = Field(None, description="Not supported: must be null.")
 
     def logprob_count(self) -> int | None:
         return self.logprobs
+
+    @model_validator(mode="after")
+    def _best_of_is_n(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of: only best_of equal to n (or null) is supported")
+        return self
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt

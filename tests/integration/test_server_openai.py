@@ -215,3 +215,33 @@ def test_chat_logprobs_bytes_spell_the_message(tiny_runtime):
         model="tiny", messages=msgs, max_tokens=3, temperature=0, logprobs=True
     )
     assert all(e.top_logprobs == [] for e in bare.choices[0].logprobs.content)
+
+
+def test_n_choices_per_prompt(tiny_runtime):
+    """n=3 over two prompts: choice i * 3 + j is prompt i's j-th, each sampled on its own (a seeded
+    call repeats), and the prompt tokens count once per prompt."""
+    api = client(tiny_runtime)
+    kw = dict(model="tiny", prompt=["red blue green", "17 + 25 ="], max_tokens=8, temperature=1.0, seed=7)
+    c = api.completions.create(**kw, n=3)
+    assert [ch.index for ch in c.choices] == list(range(6))
+    texts = [ch.text for ch in c.choices]
+    assert len(set(texts[:3])) > 1 and len(set(texts[3:])) > 1  # different draws, not copies
+    assert [ch.text for ch in api.completions.create(**kw, n=3).choices] == texts
+    single = api.completions.create(**kw)  # n=1: the seed's own draw is every prompt's first choice
+    assert [ch.text for ch in single.choices] == [texts[0], texts[3]]
+    assert c.usage.prompt_tokens == single.usage.prompt_tokens
+    assert c.usage.completion_tokens == 6 * 8
+    greedy = api.completions.create(model="tiny", prompt="hello world", max_tokens=6, temperature=0, n=2)
+    assert greedy.choices[0].text == greedy.choices[1].text
+
+
+def test_chat_n_choices_streamed_equal_the_whole(tiny_runtime):
+    api = client(tiny_runtime)
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=1.0,
+              seed=11, n=2)  # fmt: skip
+    whole = api.chat.completions.create(**kw)
+    parts = {0: "", 1: ""}
+    for chunk in api.chat.completions.create(**kw, stream=True):
+        for ch in chunk.choices:
+            parts[ch.index] += ch.delta.content or ""
+    assert parts == {ch.index: ch.message.content for ch in whole.choices}
