@@ -65,6 +65,7 @@ def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> d
     engine.runner.replays.clear()
     engine.runner.rejects.clear()
     cursor = engine.step_log.seq
+    hits = engine.kv.pool.hit_tokens
     torch.cuda.synchronize()
     start = time.perf_counter()
     outs = engine.generate(prompts, params)
@@ -77,6 +78,7 @@ def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> d
         "num_requests": num_requests, "output_tokens": generated, "seconds": round(seconds, 3),
         "output_tokens_per_s": round(generated / seconds, 1),
         "prompt_tokens": sum(len(p) for p in prompts), "steps": w.cursor - w.since,
+        "prefix_cache_hit_tokens": engine.kv.pool.hit_tokens - hits,  # random prompts: none expected
         "replays": sum(w.replays.values()), "rejects": w.rejects, "padded_tokens": w.padded_tokens,
         "graph_tokens": w.graph_tokens, "eager_tokens": w.eager_tokens,
         "mean_step_ms": round(1000 * w.forward_seconds / max(1, w.cursor - w.since), 3),

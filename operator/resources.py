@@ -102,6 +102,8 @@ def runtime_config(spec: ServiceSpec, profile: GraphProfile) -> dict[str, Any]:
     }
     if spec.mixed_step_tokens is not None:
         config["mixed_step_tokens"] = spec.mixed_step_tokens
+    if spec.enable_prefix_caching is not None:
+        config["enable_prefix_caching"] = spec.enable_prefix_caching
     return config
 
 

@@ -67,6 +67,7 @@ class ServiceSpec:
     max_num_batched_tokens: int = 2048
     max_running_requests: int = 256
     mixed_step_tokens: int | None = None  # None: the runtime measures it
+    enable_prefix_caching: bool | None = None  # None: the runtime's default (on)
     graph_backend: str = "cuda"
     graph_buckets: tuple[int, ...] = ()
     extra_args: tuple[str, ...] = ()
@@ -117,6 +118,9 @@ class ServiceSpec:
             max_num_batched_tokens=int(_get(rt, "maxNumBatchedTokens", 2048)),
             max_running_requests=int(_get(rt, "maxRunningRequests", 256)),
             mixed_step_tokens=None if rt.get("mixedStepTokens") is None else int(rt["mixedStepTokens"]),
+            enable_prefix_caching=None
+            if rt.get("enablePrefixCaching") is None
+            else bool(rt["enablePrefixCaching"]),
             graph_backend=_get(rt, "graphBackend", "cuda"),
             graph_buckets=tuple(int(b) for b in rt.get("graphBuckets") or ()),
             extra_args=tuple(rt.get("extraArgs") or ()),

@@ -63,6 +63,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="schedule and prepare step N+1 while the GPU runs step N (default: on with CUDA)",
     )
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start a request from the K/V of its longest cached prompt prefix (default: on)",
+    )
     p.add_argument("--gemm-backend", default="auto", choices=["auto", "cublas"],
                    help="auto: a skinny Triton GEMM for decode-sized batches where it measures faster")  # fmt: skip
     p.add_argument("--graph-buckets", type=_buckets, help="comma-separated num_tokens buckets")
@@ -87,7 +93,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_total_tokens=args.max_total_tokens, graph_backend=args.graph_backend, graph_buckets=args.graph_buckets,
         graph_max_padding_ratio=args.graph_max_padding_ratio, attention_backend=args.attention_backend,
         async_scheduling=args.async_scheduling, gemm_backend=args.gemm_backend,
-        progress=not args.no_progress,
+        enable_prefix_caching=args.enable_prefix_caching, progress=not args.no_progress,
     )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ class EngineConfig:
     mem_fraction_static: float = 0.85  # GPU only: weights + KV cache + graphs
     max_total_tokens: int | None = None  # KV cache size in tokens; required sizing on CPU
     block_size: int = 16
+    enable_prefix_caching: bool = True  # reuse the K/V of cached prompt prefixes (`kv_cache`)
     graph_backend: str = "auto"  # auto: cuda on GPU, eager on CPU
     graph_buckets: tuple[int, ...] | None = None  # default ladder up to max_num_batched_tokens
     graph_max_padding_ratio: float = 0.5

@@ -179,6 +179,7 @@ class Engine:
                 mc.head_dim,
                 self.dtype,
                 self.device,
+                cfg.enable_prefix_caching,
             )
         )
 

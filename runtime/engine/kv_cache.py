@@ -1,6 +1,19 @@
-"""Paged KV cache: a block pool, per-request block tables, and allocation that cannot leak."""
+"""Paged KV cache: a block pool, per-request block tables, and allocation that cannot leak.
+
+With prefix caching, a full block of prompt tokens whose K/V are computed is kept under a key of its
+tokens and every token before them (a hash chain over the prompt's blocks). A new request starts
+from the longest run of its prompt's blocks found there: it shares those blocks (reference-counted)
+and computes only the rest. A block nobody holds stays cached until the pool needs it: unkeyed free
+blocks go first, then cached ones, least recently freed first and a request's last blocks before its
+first (as vLLM and SGLang keep theirs). At least one prompt token is always computed, since the step
+that computes the last one samples the first output token.
+"""
 
 from __future__ import annotations
+
+import hashlib
+from array import array
+from collections import OrderedDict
 
 import torch
 
@@ -12,10 +25,17 @@ NULL_BLOCK = 0  # scratch block: graph capture and padded rows write here, never
 class BlockPool:
     """Fixed-size blocks of `block_size` token slots; block 0 is reserved as scratch."""
 
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = False) -> None:
         assert num_blocks >= 2, "the KV cache needs at least one usable block"
         self.num_blocks, self.block_size = num_blocks, block_size
         self.free_blocks = list(range(num_blocks - 1, NULL_BLOCK, -1))  # pop() hands out low ids first
+        self.prefix_caching = prefix_caching
+        self.refs = [0] * num_blocks  # requests holding each block
+        self.cached: dict[bytes, int] = {}  # prefix key -> block holding those tokens' K/V
+        self.key_of: dict[int, bytes] = {}  # the reverse
+        self.evictable: OrderedDict[int, None] = OrderedDict()  # cached blocks nobody holds, LRU first
+        self.query_tokens = 0  # prompt tokens looked up, and found, at admission
+        self.hit_tokens = 0
 
     @property
     def capacity_tokens(self) -> int:
@@ -23,7 +43,7 @@ class BlockPool:
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_blocks)
+        return len(self.free_blocks) + len(self.evictable)
 
     @property
     def usage(self) -> float:
@@ -33,18 +53,93 @@ class BlockPool:
         total = req.num_computed_tokens + num_new_tokens
         return max(0, -(-total // self.block_size) - len(req.block_table))
 
-    def can_allocate(self, req: Request, num_new_tokens: int) -> bool:
-        return self.blocks_needed(req, num_new_tokens) <= self.num_free_blocks
+    def can_allocate(self, req: Request, num_new_tokens: int, hits: list[int] | None = None) -> bool:
+        """Room for `num_new_tokens` more tokens, after the cached blocks `hits` (`prefix_hits`) if given."""
+        if not hits:
+            return self.blocks_needed(req, num_new_tokens) <= self.num_free_blocks
+        total = len(hits) * self.block_size + num_new_tokens
+        taken = sum(1 for b in hits if self.refs[b] == 0)  # leave the free pool when shared again
+        return -(-total // self.block_size) - len(hits) <= self.num_free_blocks - taken
 
     def allocate(self, req: Request, num_new_tokens: int) -> None:
         need = self.blocks_needed(req, num_new_tokens)
         assert need <= self.num_free_blocks, "allocate() without can_allocate()"
-        req.block_table.extend(self.free_blocks.pop() for _ in range(need))
+        for _ in range(need):
+            block = self.free_blocks.pop() if self.free_blocks else self._evict()
+            self.refs[block] = 1
+            req.block_table.append(block)
+
+    def _evict(self) -> int:
+        block, _ = self.evictable.popitem(last=False)
+        del self.cached[self.key_of.pop(block)]
+        return block
 
     def free(self, req: Request) -> None:
-        self.free_blocks.extend(reversed(req.block_table))
+        self.cache_computed(req)  # what it computed stays reusable (stopped, aborted or preempted)
+        plain = []
+        for block in reversed(req.block_table):  # a request's last blocks are evicted first
+            self.refs[block] -= 1
+            if self.refs[block] == 0:
+                if block in self.key_of:
+                    self.evictable[block] = None
+                else:
+                    plain.append(block)
+        self.free_blocks.extend(plain)
         req.block_table = []
         req.num_computed_tokens = 0
+        req.num_cached_blocks = 0
+
+    # ---- prefix caching ------------------------------------------------------------------------------
+
+    def prefix_hits(self, req: Request) -> list[int]:
+        """Cached blocks holding the longest run of a waiting request's first prompt blocks (at most
+        all but its last token's); [] without prefix caching or for a request that holds blocks."""
+        if not self.prefix_caching or req.block_table:
+            return []
+        count = min(req.num_tokens - 1, req.num_prompt_tokens) // self.block_size
+        hits = []
+        for key in prefix_keys(req, self.block_size, count):
+            block = self.cached.get(key)
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def share(self, req: Request, hits: list[int]) -> None:
+        """Start a waiting request from its cached blocks `hits` (`prefix_hits`, then `can_allocate`)."""
+        if self.prefix_caching:
+            self.query_tokens += req.num_prompt_tokens
+            self.hit_tokens += len(hits) * self.block_size
+        for block in hits:
+            if self.refs[block] == 0:
+                del self.evictable[block]
+            self.refs[block] += 1
+        req.block_table = list(hits)
+        req.num_cached_blocks = len(hits)
+        req.num_computed_tokens = len(hits) * self.block_size
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix: blocks nobody holds become plain free blocks."""
+        self.free_blocks.extend(self.evictable)
+        self.evictable.clear()
+        self.cached.clear()
+        self.key_of.clear()
+
+    def cache_computed(self, req: Request) -> None:
+        """Key the request's full prompt blocks whose K/V earlier steps computed (a block whose key
+        another block holds already stays unkeyed, and is freed as a plain block)."""
+        if not self.prefix_caching:
+            return
+        count = min(req.num_computed_tokens, req.num_prompt_tokens) // self.block_size
+        if count <= req.num_cached_blocks:
+            return
+        keys = prefix_keys(req, self.block_size, count)
+        for i in range(req.num_cached_blocks, count):
+            block = req.block_table[i]
+            if keys[i] not in self.cached and block not in self.key_of:
+                self.cached[keys[i]] = block
+                self.key_of[block] = keys[i]
+        req.num_cached_blocks = count
 
     def slots(self, req: Request, num_tokens: int) -> list[int]:
         """Slots of the request's positions [0, num_tokens)."""
@@ -52,17 +147,28 @@ class BlockPool:
         return [req.block_table[p // bs] * bs + p % bs for p in range(num_tokens)]
 
 
+def prefix_keys(req: Request, block_size: int, count: int) -> list[bytes]:
+    """Keys of the request's first `count` prompt blocks: each a digest of the block's tokens and the
+    key before it, so equal keys mean equal prefixes (kept on the request, made once)."""
+    keys = req.prefix_keys
+    while len(keys) < count:
+        i = len(keys)
+        tokens = array("q", req.prompt_token_ids[i * block_size : (i + 1) * block_size]).tobytes()
+        keys.append(hashlib.blake2b((keys[-1] if keys else b"") + tokens, digest_size=16).digest())
+    return keys[:count]
+
+
 class KVCache:
     """Per-layer K and V tensors: [num_blocks * block_size, num_kv_heads, head_dim]."""
 
     def __init__(
         self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
-        dtype: torch.dtype, device: torch.device,
+        dtype: torch.dtype, device: torch.device, prefix_caching: bool = False,
     ) -> None:  # fmt: skip
         shape = (num_blocks * block_size, num_kv_heads, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.pool = BlockPool(num_blocks, block_size)
+        self.pool = BlockPool(num_blocks, block_size, prefix_caching)
 
 
 def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

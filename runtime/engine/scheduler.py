@@ -25,6 +25,9 @@ request in that step rather than one step later (`release_complete`).
 
 When the KV pool runs out, the newest running request is preempted: its blocks are freed and it
 waits to be recomputed; nothing is dropped.
+
+With prefix caching (`kv_cache`), a request is admitted from its longest cached prompt prefix and
+computes the rest; each step first keys the prompt blocks that the steps before it computed.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         if self.release_complete:
             self._release_done()
+        if self.pool.prefix_caching:
+            for req in self.running:
+                self.pool.cache_computed(req)
         batch = ScheduledBatch([], [])
         decodes = sum(1 for r in self.running if r.num_tokens - r.num_computed_tokens == 1)
         budget = self.max_num_batched_tokens
@@ -106,10 +112,12 @@ class Scheduler:
             i += 1
         while self.waiting and budget > 0 and len(self.running) < self.max_running_requests:
             req = self.waiting[0]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if not self.pool.can_allocate(req, n):
+            hits = self.pool.prefix_hits(req)
+            n = min(req.num_tokens - len(hits) * self.pool.block_size, budget)
+            if not self.pool.can_allocate(req, n, hits):
                 break
             self.waiting.popleft()
+            self.pool.share(req, hits)
             self.pool.allocate(req, n)
             req.status = Status.RUNNING
             self.running.append(req)

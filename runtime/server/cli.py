@@ -107,7 +107,7 @@ def _read_file(path: str) -> dict[str, Any]:
 def _convert(name: str, value: Any, source: str) -> Any:
     action = _ACTIONS[name]
     try:
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, argparse._StoreTrueAction | argparse.BooleanOptionalAction):
             value = _bool(value)
         elif name in ("graph_buckets", "debug_fail_capture_at") and isinstance(value, list | tuple):
             value = tuple(int(x) for x in value)

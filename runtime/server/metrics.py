@@ -135,6 +135,17 @@ class EngineCollector(Collector):
             value=engine.counters["prompt_tokens"],
         )
         yield CounterMetricFamily(P + "generation_tokens_total", "Generated tokens.", value=engine.counters["generation_tokens"])  # fmt: skip
+        pool = engine.kv.pool
+        yield CounterMetricFamily(
+            P + "prefix_cache_queries_total",
+            "Prompt tokens looked up in the prefix cache at admission.",
+            value=pool.query_tokens,
+        )
+        yield CounterMetricFamily(
+            P + "prefix_cache_hits_total",
+            "Prompt tokens found in the prefix cache at admission (not computed again).",
+            value=pool.hit_tokens,
+        )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

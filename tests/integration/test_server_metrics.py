@@ -16,7 +16,7 @@ CONTRACT = [
     "graphpilot_mem_fraction_static", "graphpilot_requests_total", "graphpilot_time_to_first_token_seconds_bucket",
     "graphpilot_inter_token_latency_seconds_bucket", "graphpilot_e2e_request_latency_seconds_bucket",
     "graphpilot_prompt_tokens_total", "graphpilot_generation_tokens_total", "graphpilot_num_requests_running",
-    "graphpilot_num_requests_waiting",
+    "graphpilot_num_requests_waiting", "graphpilot_prefix_cache_queries_total", "graphpilot_prefix_cache_hits_total",
 ]  # fmt: skip
 
 
@@ -66,3 +66,26 @@ def test_metric_contract_and_counts(tiny_runtime):
     assert after["graphpilot_graph_max_bucket_tokens"] == 256
     assert after["graphpilot_mixed_step_tokens"] == 0  # eager backend: no measured mixed-step budget
     assert after['graphpilot_graph_rejects_total{reason="too_many_tokens"}'] == 0
+
+
+def test_a_repeated_prompt_is_served_from_the_prefix_cache(tiny_runtime):
+    body = {"model": "tiny", "prompt": "prefix cache " + "red blue green the answer " * 12, "max_tokens": 4,
+            "temperature": 0, "ignore_eos": True}  # fmt: skip
+    url = tiny_runtime.openai_url + "/completions"
+    first = httpx.post(url, json=body, timeout=60).json()
+    before = samples(httpx.get(tiny_runtime.base_url + "/metrics").text)
+    second = httpx.post(url, json=body, timeout=60).json()
+    after = samples(httpx.get(tiny_runtime.base_url + "/metrics").text)
+    prompt = second["usage"]["prompt_tokens"]
+    hits = after["graphpilot_prefix_cache_hits_total"] - before["graphpilot_prefix_cache_hits_total"]
+    assert (
+        after["graphpilot_prefix_cache_queries_total"] - before["graphpilot_prefix_cache_queries_total"]
+        == prompt
+    )
+    assert hits == (prompt - 1) // 16 * 16 > 0  # every full block but the one with the last prompt token
+    computed = (
+        after['graphpilot_forward_tokens_total{path="graph"}']
+        - before['graphpilot_forward_tokens_total{path="graph"}']
+    )
+    assert computed == prompt - hits + 3  # the rest of the prompt, then 3 decode steps
+    assert second["choices"][0]["text"] == first["choices"][0]["text"]

@@ -218,3 +218,26 @@ def test_decode_step_inputs_put_each_request_at_its_last_position() -> None:
     assert a.block_req is not None and a.block_req.tolist() == [0, 1, 2]
     assert a.block_q0 is not None and a.block_q0.tolist() == [0, 0, 0]
     assert a.block_q == 1 and a.max_seq_len == 12 and a.query_start == [0, 1, 2]
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_prompts_that_share_a_prefix_compute_it_once_with_the_same_tokens(
+    tiny_dir: str, async_scheduling: bool
+) -> None:
+    shared = " ".join(random.Random(5).choices(WORDS, k=80))
+    ps = [f"{shared} {tail}" for tail in ("red blue", "the answer is", "green")]
+    cached = make_engine(tiny_dir, graph_backend="eager", async_scheduling=async_scheduling)
+    plain = make_engine(tiny_dir, graph_backend="eager", async_scheduling=async_scheduling,
+                        enable_prefix_caching=False)  # fmt: skip
+    # the first computes the prefix; the next two, queued after it, start from its blocks
+    got = cached.generate(ps[:1], GREEDY) + cached.generate(ps[1:], GREEDY)
+    assert [c.token_ids for c in got] == [c.token_ids for c in plain.generate(ps, GREEDY)]
+    ids = [cached.encode(p) for p in ps]
+    bs = cached.kv.pool.block_size
+    common = [next(i for i, (a, b) in enumerate(zip(ids[0], x, strict=False)) if a != b) for x in ids[1:]]
+    expected = sum(min(c, len(ids[0])) // bs * bs for c in common)
+    assert expected >= 2 * 4 * bs  # a prefix of several blocks
+    assert cached.kv.pool.hit_tokens == expected
+    assert cached.kv.pool.query_tokens == sum(len(x) for x in ids)
+    assert plain.kv.pool.hit_tokens == 0
+    assert cached.kv.pool.usage == 0.0  # cached blocks nobody holds count as free

@@ -16,7 +16,12 @@ SPEC = ServiceSpec.from_spec(
     {
         "model": {"uri": "hf://Qwen/Qwen3-0.6B"},
         "servedModelName": "Qwen/Qwen3-0.6B",
-        "runtime": {"maxNumBatchedTokens": 1024, "graphBackend": "eager", "mixedStepTokens": 192},
+        "runtime": {
+            "maxNumBatchedTokens": 1024,
+            "graphBackend": "eager",
+            "mixedStepTokens": 192,
+            "enablePrefixCaching": False,
+        },
         "autotune": {
             "intervalSeconds": 30,
             "maxBuckets": 12,
@@ -44,6 +49,7 @@ def test_runtime_reads_the_config_map_the_operator_writes(tmp_path: Path) -> Non
     )
     assert (args.host, args.port, args.admin_host, args.admin_port) == ("0.0.0.0", 8000, "127.0.0.1", 8001)
     assert args.max_num_batched_tokens == 1024 and args.mixed_step_tokens == 192
+    assert args.enable_prefix_caching is False
 
 
 def test_sidecar_reads_the_environment_the_operator_sets(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,6 +91,7 @@ def test_config_map_carries_the_effective_profile_in_runtime_keys() -> None:
     assert cfg["max_num_batched_tokens"] == 512 and cfg["model"] == "/mnt/models"
     assert cfg["admin_host"] == "127.0.0.1"
     assert "mixed_step_tokens" not in cfg  # unset: the runtime measures it
+    assert "enable_prefix_caching" not in cfg  # unset: the runtime's default
 
 
 def test_a_mixed_step_budget_reaches_the_runtime_config_and_rolls_the_pods() -> None:

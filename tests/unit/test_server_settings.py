@@ -83,3 +83,13 @@ def test_invalid_settings_name_the_problem(tmp_path, content, env, words):
 def test_exposed_admin_with_token_is_fine():
     s = settings(["--preset", "tiny", "--admin-host", "0.0.0.0"], {"GRAPHPILOT_ADMIN_TOKEN": "t"})
     assert s.admin_token == "t"
+
+
+def test_on_off_flags_from_the_environment_and_the_command_line():
+    s = settings(["--preset", "tiny"])
+    assert s.enable_prefix_caching is True and s.async_scheduling is None
+    env = {"GRAPHPILOT_ENABLE_PREFIX_CACHING": "false", "GRAPHPILOT_ASYNC_SCHEDULING": "false"}
+    s = settings(["--preset", "tiny"], env)
+    assert s.enable_prefix_caching is False and s.async_scheduling is False
+    s = settings(["--preset", "tiny", "--enable-prefix-caching", "--async-scheduling"], env)
+    assert s.enable_prefix_caching is True and s.async_scheduling is True
