@@ -93,6 +93,26 @@ def test_logprobs_served_on_graph_are_the_forwards(engine) -> None:
         assert [v for _, v in e.top] == sorted((v for _, v in e.top), reverse=True)
 
 
+def test_a_cached_prefix_on_graph_gives_the_full_prefills_logprobs(engine) -> None:
+    """A request that starts from another's cached prompt blocks: its first token's log-probabilities
+    against one forward over its whole prompt (bf16 tolerance)."""
+    g = torch.Generator().manual_seed(9)
+    shared = torch.randint(0, 50000, (300,), generator=g).tolist()
+    first, second = (shared + torch.randint(0, 50000, (20,), generator=g).tolist() for _ in range(2))
+    params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=5)
+    engine.generate([first], params)
+    hits = engine.kv.pool.hit_tokens
+    done = engine.generate([second], params)[0]
+    assert engine.kv.pool.hit_tokens - hits == 288  # the 18 full blocks of the shared 300 tokens
+    req = new_request()
+    logits = forward_logits(engine, req, second)[-1].float()
+    engine.kv.pool.free(req)
+    expected = logits.log_softmax(dim=-1)
+    tolerance = 0.02 * logits.abs().max().item() + 1e-3
+    assert abs(done.logprobs[0].logprob - expected[done.token_ids[0]].item()) <= tolerance
+    assert abs(done.logprobs[0].logprob - expected.max().item()) <= tolerance
+
+
 def test_live_retune_on_gpu_keeps_outputs(engine) -> None:
     params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
     prompts = [list(range(100 + i, 140 + 3 * i)) for i in range(8)]
