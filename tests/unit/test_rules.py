@@ -25,6 +25,7 @@ CONTRACT = {
     "num_requests_waiting", "num_preemptions_total", "graph_capturing", "mixed_step_tokens",
     "autotune_decisions_total", "autotune_padding_waste_ratio", "autotune_expected_gain_ratio",
     "autotune_rollbacks_total", "autotune_last_apply_timestamp_seconds",
+    "prefix_cache_queries_total", "prefix_cache_hits_total",
 }  # fmt: skip
 HISTOGRAMS = {"forward_num_tokens", "time_to_first_token_seconds", "inter_token_latency_seconds",
               "e2e_request_latency_seconds"}  # fmt: skip
