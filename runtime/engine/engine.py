@@ -347,10 +347,45 @@ class Engine:
             return [], None, route, None
         # logits in the model's dtype: the sampler casts them to fp32 where a row samples
         logits = self.model.compute_logits(hidden[inputs.sample_rows], fp32=False)
-        tokens = self.sampler(logits, [r.params for r in sample_reqs], [r.request_id for r in sample_reqs])
+        params = [r.params for r in sample_reqs]
+        sampled = logits
+        if any(p.penalized for p in params):
+            output_counts, seen = self._seen_tokens(sample_reqs, logits.shape[-1], prev_tokens)
+            sampled = self.sampler.penalize(logits, params, output_counts, seen)
+        tokens = self.sampler(sampled, params, [r.request_id for r in sample_reqs])
         asked = [r.params.logprobs for r in sample_reqs if r.params.logprobs is not None]
         lps = self.sampler.logprobs(logits, tokens, max(asked)) if asked else None
         return sample_reqs, tokens, route, lps
+
+    def _seen_tokens(
+        self, reqs: list[Request], vocab: int, prev_tokens: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the penalties: per sampled row, [b, vocab] counts of its request's output tokens and a
+        mask of its output and (with a repetition penalty) prompt tokens; rows without penalties stay
+        empty. An output token still in flight (a placeholder) is taken from that step's tokens on
+        the device. Host work grows with the requests' lengths: paid only where penalties are asked."""
+        rows: list[int] = []
+        ids: list[int] = []
+        for row, req in enumerate(reqs):
+            if req.params.penalized:
+                rows += [row] * len(req.output_token_ids)
+                ids += req.output_token_ids
+        outputs = len(ids)
+        for row, req in enumerate(reqs):
+            if req.params.repetition_penalty != 1.0:
+                rows += [row] * req.num_prompt_tokens
+                ids += req.prompt_token_ids
+        r = torch.tensor(rows, dtype=torch.long).to(self.device)
+        t = torch.tensor(ids, dtype=torch.long).to(self.device)
+        if prev_tokens is not None:
+            t = torch.where(t < 0, prev_tokens[(-t - 1).clamp(min=0)], t)
+        counts = torch.zeros(len(reqs), vocab, device=self.device)
+        counts.index_put_(
+            (r[:outputs], t[:outputs]), torch.ones(outputs, device=self.device), accumulate=True
+        )
+        seen = counts > 0
+        seen[r[outputs:], t[outputs:]] = True  # a repetition penalty of 1 leaves a seen logit alone
+        return counts, seen
 
     def _step_async(self) -> list[RequestOutput]:
         """Launch step N+1, then read step N's tokens while the device runs N+1.

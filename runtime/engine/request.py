@@ -27,6 +27,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: off; k: each output token's log-probability and the k most likely
+    presence_penalty: float = 0.0  # subtracted from the logit of every token the output holds (OpenAI)
+    frequency_penalty: float = 0.0  # ... times the number of times the output holds it (OpenAI)
+    repetition_penalty: float = 1.0  # a prompt or output token's logit: / r when positive, * r otherwise
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -39,10 +42,19 @@ class SamplingParams:
             raise SamplingError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise SamplingError(f"logprobs must be within 0..{MAX_LOGPROBS}, got {self.logprobs}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise SamplingError(f"{name} must be within -2..2, got {getattr(self, name)}")
+        if not 0.0 < self.repetition_penalty <= 10.0:
+            raise SamplingError(f"repetition_penalty must be within (0, 10], got {self.repetition_penalty}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
 
 
 class TokenLogprob(NamedTuple):

@@ -4,6 +4,10 @@ Runs eagerly on the live batch after the graph replay. Random draws use the expo
 (argmax of p / E with E ~ Exp(1)), so a seeded request draws from its own generator and gets the same
 tokens whatever else shares its batch.
 
+Penalties (presence, frequency: OpenAI's; repetition: the CTRL paper's, as vLLM and transformers
+apply it) change the logits that are sampled, from the counts of the tokens each row's request has
+seen (`penalize`); the engine builds those counts on the device only for the rows that ask.
+
 Log-probabilities, for the requests that ask for them (`SamplingParams.logprobs`), are those of the
 model's distribution before temperature, top-k and top-p (what OpenAI and vLLM report), computed in
 fp32 beside the sampled tokens, so they reach the host with them.
@@ -68,6 +72,20 @@ class Sampler:
         drop = (ranks >= top_k[:, None]) | (mass_before > top_p[:, None])
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+    @staticmethod
+    def penalize(
+        logits: torch.Tensor, params: list[SamplingParams], output_counts: torch.Tensor, seen: torch.Tensor
+    ) -> torch.Tensor:
+        """fp32 logits [b, vocab] after each row's penalties: `output_counts` [b, vocab] counts the
+        tokens of the row's output so far, `seen` [b, vocab] marks those of its prompt and output."""
+        dev = logits.device
+        rep = torch.tensor([p.repetition_penalty for p in params], device=dev)[:, None]
+        freq = torch.tensor([p.frequency_penalty for p in params], device=dev)[:, None]
+        presence = torch.tensor([p.presence_penalty for p in params], device=dev)[:, None]
+        logits = logits.float()
+        logits = torch.where(seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
+        return logits - freq * output_counts - presence * (output_counts > 0)
 
     @staticmethod
     def logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -74,7 +74,9 @@ def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
     """The engine's SamplingParams for a request body (SamplingError: the server answers 400)."""
     return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                           top_k=body.top_k, seed=body.seed, stop=body.stop_list(),
-                          ignore_eos=body.ignore_eos, logprobs=body.logprob_count())  # fmt: skip
+                          ignore_eos=body.ignore_eos, logprobs=body.logprob_count(),
+                          presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                          repetition_penalty=body.repetition_penalty)  # fmt: skip
 
 
 def _token_text(request: Request, body: _Sampling) -> TokenText | None:

@@ -66,8 +66,16 @@ class _Sampling(BaseModel):
     stop: Stop = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED - MAX_N)
     ignore_eos: bool = Field(False, description="GraphPilot extension: keep generating past end-of-sequence.")
-    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
-    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="Subtracted from the logit of every token the output holds."
+    )
+    frequency_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="Subtracted per time the output holds a token."
+    )
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, le=10.0,
+        description="GraphPilot extension (as vLLM): a prompt or output token's logit divided by it if positive, else multiplied.",
+    )  # fmt: skip
     user: str | None = None
     response_format: ResponseFormat | None = Field(
         None, description='Only {"type": "text"}: structured output is not supported.'

@@ -27,6 +27,8 @@ CASES = [
     ("max_tokens over the context", {**GOOD, "max_tokens": 100000}, 400, "maximum context length"),
     ("negative seed", {**GOOD, "seed": -1}, 400, "seed"),
     ("logprobs above 20", {**GOOD, "logprobs": 21}, 400, "logprobs"),
+    ("presence_penalty above 2", {**GOOD, "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ("repetition_penalty 0", {**GOOD, "repetition_penalty": 0}, 400, "repetition_penalty"),
     ("structured output", {**GOOD, "response_format": {"type": "json_object"}}, 400, "response_format"),
 ]
 

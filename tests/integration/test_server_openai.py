@@ -245,3 +245,12 @@ def test_chat_n_choices_streamed_equal_the_whole(tiny_runtime):
         for ch in chunk.choices:
             parts[ch.index] += ch.delta.content or ""
     assert parts == {ch.index: ch.message.content for ch in whole.choices}
+
+
+def test_penalties_change_a_repetitive_greedy_answer(tiny_runtime):
+    api = client(tiny_runtime)
+    kw = dict(model="tiny", prompt="hello wörld", max_tokens=12, temperature=0)
+    plain = api.completions.create(**kw).choices[0].text
+    penalised = api.completions.create(**kw, frequency_penalty=1.5, extra_body={"repetition_penalty": 1.5})
+    assert penalised.choices[0].text != plain
+    assert api.completions.create(**kw, presence_penalty=0.0).choices[0].text == plain  # 0: no change

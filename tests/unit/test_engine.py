@@ -144,6 +144,9 @@ def test_prompt_longer_than_the_context_is_refused(tiny_dir: str) -> None:
         ({"top_p": 1.5}, "top_p"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_k": -2}, "top_k"),
+        ({"logprobs": 21}, "logprobs must be within 0..20"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty must be within -2..2"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
     ],
 )
 def test_invalid_sampling_values_are_named(kwargs: dict, message: str) -> None:

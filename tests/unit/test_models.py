@@ -119,3 +119,33 @@ def test_logprobs_are_the_models_before_temperature(
         assert [v for _, v in e.top] == pytest.approx(top.values.tolist(), abs=ATOL)
         below_top += e.token_id != e.top[0][0]
     assert below_top > 0, "sampling at 0.8 should pick a token other than the most likely somewhere"
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_penalties_pick_the_greedy_token_of_the_penalised_reference_logits(
+    async_scheduling: bool, hf_checkpoints: dict[str, str]
+) -> None:
+    """Greedy with presence, frequency and repetition penalties, beside an unpenalised request: each
+    token is the argmax of transformers' logits with the penalties applied by hand to the tokens
+    seen so far (an output token in flight under async scheduling included)."""
+    import transformers
+
+    model_dir = hf_checkpoints["LlamaForCausalLM"]
+    reference = transformers.LlamaForCausalLM.from_pretrained(model_dir).float().eval()
+    engine = make_engine(model_dir, graph_backend="eager", async_scheduling=async_scheduling)
+    penalised = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, presence_penalty=0.5,
+                               frequency_penalty=0.7, repetition_penalty=1.3)  # fmt: skip
+    plain = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    got, other = engine.generate(["red red red blue", "red red red blue"], [penalised, plain])
+    prompt = got.prompt_token_ids
+    for t, token in enumerate(got.token_ids):
+        with torch.no_grad():
+            logits = reference(torch.tensor(prompt + got.token_ids[:t])[None]).logits[0, -1]
+        seen = set(prompt + got.token_ids[:t])
+        for tok in seen:
+            logits[tok] = logits[tok] / 1.3 if logits[tok] > 0 else logits[tok] * 1.3
+        for tok in set(got.token_ids[:t]):
+            logits[tok] -= 0.5 + 0.7 * got.token_ids[:t].count(tok)
+        assert token == int(logits.argmax()), f"output token {t}"
+    assert got.token_ids != other.token_ids  # the penalties changed the greedy path
+    assert len(set(got.token_ids)) > len(set(other.token_ids))  # ... towards fewer repeats
