@@ -58,6 +58,8 @@ class RequestOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     logprobs: list[TokenLogprob] | None = None  # of `new_token_ids`, when the request asked for them
+    # with the first output token, when the request asked: prompt tokens 1.. (the first has none)
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Completion:
     text: str
     finish_reason: str | None
     logprobs: list[TokenLogprob] | None = None  # one per token id, when the request asked for them
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.., when the request asked
 
 
 @dataclass
@@ -80,8 +83,18 @@ class _InFlight:
     tokens: torch.Tensor | None  # [num_sampled] on the device
     host: torch.Tensor | None  # their host copy, valid once `done` has passed
     logprobs: Logprobs | None  # host copies too (`Sampler.logprobs`), where a request asked for them
+    prompt_logprobs: PromptLogprobs | None  # host copies, where a prefilling request asked for them
     done: Any  # torch.cuda.Event, or None on the CPU
     start: float
+
+
+@dataclass
+class PromptLogprobs:
+    """Log-probabilities of prompt tokens computed by one step: for each row, the request and the
+    prompt position whose token it scores, with `Sampler.logprobs` of those rows."""
+
+    targets: list[tuple[Request, int]]
+    logprobs: Logprobs
 
 
 class Engine:
@@ -284,11 +297,12 @@ class Engine:
             if batch is None:
                 return []
             start = time.perf_counter()
-            sample_reqs, tokens, route, lps = self._launch(batch, None)
+            sample_reqs, tokens, route, lps, plps = self._launch(batch, None)
             token_ids = [] if tokens is None else tokens.tolist()
             seconds = time.perf_counter() - start
             for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
                 req.num_computed_tokens += n
+            _record_prompt_logprobs(plps)
             rows = _logprob_rows(sample_reqs, token_ids, lps)
             outputs = [
                 self._append(req, tok, lp) for req, tok, lp in zip(sample_reqs, token_ids, rows, strict=True)
@@ -317,18 +331,24 @@ class Engine:
 
     def _launch(
         self, batch: ScheduledBatch, prev_tokens: torch.Tensor | None
-    ) -> tuple[list[Request], torch.Tensor | None, Route, Logprobs | None]:
+    ) -> tuple[list[Request], torch.Tensor | None, Route, Logprobs | None, PromptLogprobs | None]:
         """Queue the batch's forward and sampling on the device; the sampled ids (and the
-        log-probabilities that requests asked for) stay there.
+        log-probabilities that requests asked for, of their outputs and prompts) stay there.
 
         A token id -(i + 1) is a placeholder for the i-th token sampled by the step still in flight
         (`prev_tokens`): it is filled in on the device, so the host need not wait for it.
         """
         ids: list[int] = []
         context_lens, tables, sample_rows, sample_reqs = [], [], [], []
+        prompt_rows: list[int] = []
+        prompt_targets: list[tuple[Request, int]] = []
         placeholders = False
         for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
             start, end = req.num_computed_tokens, req.num_computed_tokens + n
+            if req.params.prompt_logprobs is not None:  # rows whose next token is a prompt token
+                for pos in range(start, min(end, req.num_prompt_tokens - 1)):
+                    prompt_rows.append(len(ids) + pos - start)
+                    prompt_targets.append((req, pos + 1))
             ids.extend(req.token_ids(start, end))
             placeholders = placeholders or bool(req.output_token_ids and req.output_token_ids[-1] < 0)
             context_lens.append(end)
@@ -343,8 +363,9 @@ class Engine:
             input_ids = torch.where(input_ids < 0, prev_tokens[(-input_ids - 1).clamp(min=0)], input_ids)
         ctx = ForwardContext(num_tokens=len(ids), attn=inputs.attn)
         hidden, route = self.runner.forward(input_ids, inputs.positions, ctx)
+        plps = self._prompt_logprobs(hidden, prompt_rows, prompt_targets) if prompt_rows else None
         if not sample_reqs:
-            return [], None, route, None
+            return [], None, route, None, plps
         # logits in the model's dtype: the sampler casts them to fp32 where a row samples
         logits = self.model.compute_logits(hidden[inputs.sample_rows], fp32=False)
         params = [r.params for r in sample_reqs]
@@ -355,7 +376,15 @@ class Engine:
         tokens = self.sampler(sampled, params, [r.request_id for r in sample_reqs])
         asked = [r.params.logprobs for r in sample_reqs if r.params.logprobs is not None]
         lps = self.sampler.logprobs(logits, tokens, max(asked)) if asked else None
-        return sample_reqs, tokens, route, lps
+        return sample_reqs, tokens, route, lps, plps
+
+    def _prompt_logprobs(
+        self, hidden: torch.Tensor, rows: list[int], targets: list[tuple[Request, int]]
+    ) -> PromptLogprobs:
+        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)], fp32=False)
+        ids = torch.tensor([req.prompt_token_ids[pos] for req, pos in targets], device=self.device)
+        top = max(req.params.prompt_logprobs or 0 for req, _ in targets)
+        return PromptLogprobs(targets, self.sampler.logprobs(logits, ids, top))
 
     def _seen_tokens(
         self, reqs: list[Request], vocab: int, prev_tokens: torch.Tensor | None
@@ -405,18 +434,20 @@ class Engine:
             batch = self.scheduler.schedule()
             if batch is not None:
                 start = time.perf_counter()
-                sample_reqs, tokens, route, lps = self._launch(
+                sample_reqs, tokens, route, lps, plps = self._launch(
                     batch, prev.tokens if prev is not None else None
                 )
                 for req, n in zip(batch.requests, batch.num_new_tokens, strict=True):
                     req.num_computed_tokens += n
                 host, host_lps, done = tokens, lps, None
-                if tokens is not None and tokens.is_cuda:
-                    host = _to_host(tokens)
+                if self.device.type == "cuda" and (tokens is not None or plps is not None):
+                    host = None if tokens is None else _to_host(tokens)
                     host_lps = None if lps is None else (_to_host(lps[0]), _to_host(lps[1]))
+                    if plps is not None:
+                        plps.logprobs = (_to_host(plps.logprobs[0]), _to_host(plps.logprobs[1]))
                     done = torch.cuda.Event()
                     done.record()
-                cur = _InFlight(batch, route, sample_reqs, tokens, host, host_lps, done, start)
+                cur = _InFlight(batch, route, sample_reqs, tokens, host, host_lps, plps, done, start)
             outputs = self._resolve(prev) if prev is not None else []
             if cur is not None:
                 for i, req in enumerate(cur.sample_reqs):
@@ -430,6 +461,7 @@ class Engine:
         if p.done is not None:
             p.done.synchronize()
         tokens = [] if p.host is None else p.host.tolist()
+        _record_prompt_logprobs(p.prompt_logprobs)
         rows = _logprob_rows(p.sample_reqs, tokens, p.logprobs)
         outputs = []
         for req, tok, lp in zip(p.sample_reqs, tokens, rows, strict=True):
@@ -468,9 +500,11 @@ class Engine:
         if reason is not None:
             self.requests.pop(req.request_id, None)
             self._finish(req, reason)
+        first = len(req.output_token_ids) == 1 and req.params.prompt_logprobs is not None
         return RequestOutput(
             req.request_id, [token], text, req.finished, req.finish_reason,
             req.num_prompt_tokens, len(req.output_token_ids), None if logprob is None else [logprob],
+            list(req.prompt_logprobs) if first else None,
         )  # fmt: skip
 
     def _finish(self, req: Request, reason: str) -> None:
@@ -498,8 +532,9 @@ class Engine:
         done = []
         for r in reqs:
             lps = r.output_logprobs if r.params.logprobs is not None else None
+            plps = r.prompt_logprobs if r.params.prompt_logprobs is not None else None
             done.append(Completion(r.request_id, r.prompt_token_ids, r.output_token_ids, r.output_text,
-                                   r.finish_reason, lps))  # fmt: skip
+                                   r.finish_reason, lps, plps))  # fmt: skip
         return done
 
     def stats_summary(self) -> dict[str, Any]:
@@ -526,6 +561,19 @@ def _to_host(t: torch.Tensor) -> torch.Tensor:
     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
     host.copy_(t, non_blocking=True)
     return host
+
+
+def _record_prompt_logprobs(p: PromptLogprobs | None) -> None:
+    """Append a step's prompt log-probabilities to their requests, in position order (a position a
+    recompute after preemption scores again is kept once)."""
+    if p is None:
+        return
+    values, ids = p.logprobs[0].tolist(), p.logprobs[1].tolist()
+    for (req, pos), vals, top_ids in zip(p.targets, values, ids, strict=True):
+        if pos == len(req.prompt_logprobs) + 1:
+            k = req.params.prompt_logprobs or 0
+            top = list(zip(top_ids[:k], vals[1 : 1 + k], strict=True))
+            req.prompt_logprobs.append(TokenLogprob(req.prompt_token_ids[pos], vals[0], top))
 
 
 def _logprob_rows(reqs: list[Request], tokens: list[int], lps: Logprobs | None) -> list[TokenLogprob | None]:

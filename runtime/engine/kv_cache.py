@@ -94,8 +94,8 @@ class BlockPool:
     def prefix_hits(self, req: Request) -> list[int]:
         """Cached blocks holding the longest run of a waiting request's first prompt blocks (at most
         all but its last token's); [] without prefix caching or for a request that holds blocks."""
-        if not self.prefix_caching or req.block_table:
-            return []
+        if not self.prefix_caching or req.block_table or req.params.prompt_logprobs is not None:
+            return []  # (prompt logprobs need every prompt position computed)
         count = min(req.num_tokens - 1, req.num_prompt_tokens) // self.block_size
         hits = []
         for key in prefix_keys(req, self.block_size, count):

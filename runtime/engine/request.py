@@ -30,6 +30,7 @@ class SamplingParams:
     presence_penalty: float = 0.0  # subtracted from the logit of every token the output holds (OpenAI)
     frequency_penalty: float = 0.0  # ... times the number of times the output holds it (OpenAI)
     repetition_penalty: float = 1.0  # a prompt or output token's logit: / r when positive, * r otherwise
+    prompt_logprobs: int | None = None  # None: off; k: each prompt token's log-probability (from the 2nd)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -40,8 +41,10 @@ class SamplingParams:
             raise SamplingError(f"top_p must be within (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise SamplingError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
-            raise SamplingError(f"logprobs must be within 0..{MAX_LOGPROBS}, got {self.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(self, name)
+            if k is not None and not 0 <= k <= MAX_LOGPROBS:
+                raise SamplingError(f"{name} must be within 0..{MAX_LOGPROBS}, got {k}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise SamplingError(f"{name} must be within -2..2, got {getattr(self, name)}")
@@ -85,6 +88,9 @@ class Request:
     num_preemptions: int = 0
     output_text: str = ""
     output_logprobs: list[TokenLogprob] = field(default_factory=list)  # with `params.logprobs`
+    prompt_logprobs: list[TokenLogprob] = field(
+        default_factory=list
+    )  # prompt tokens 1.. (`params.prompt_logprobs`)
     prefix_keys: list[bytes] = field(default_factory=list)  # of its full prompt blocks (`kv_cache`)
     num_cached_blocks: int = 0  # leading blocks of block_table that the prefix cache holds
     detok: DetokState = field(default_factory=DetokState)

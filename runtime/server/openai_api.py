@@ -52,6 +52,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     call = _Call(
         "cmpl", "text_completion", request.app.state.served_model_name, body, _token_text(request, body)
     )
+    if body.echo:
+        texts = [p if isinstance(p, str) else engine.tokenizer.decode(p) for p in body.prompts()]
+        call.echo = list(zip(texts, tokenized, strict=True))
     return await _serve(request, body, call, tokenized, body.max_tokens or 16)
 
 
@@ -75,6 +78,7 @@ def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                           top_k=body.top_k, seed=body.seed, stop=body.stop_list(),
                           ignore_eos=body.ignore_eos, logprobs=body.logprob_count(),
+                          prompt_logprobs=body.prompt_logprob_count(),
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                           repetition_penalty=body.repetition_penalty)  # fmt: skip
 
@@ -107,6 +111,8 @@ class _Call:
         self.body = body
         self.tokens = tokens  # set when the call asks for logprobs
         self._offset: dict[int, int] = {}  # per choice: where its next token's text starts
+        self.echo: list[tuple[str, list[int]]] | None = None  # completions with echo: each prompt's text, ids
+        self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}  # per echoing choice, until its first chunk
 
     def envelope(self, choices: list[dict[str, Any]], chunk: bool = False) -> dict[str, Any]:
         obj = self.object + (".chunk" if self.chat and chunk else "")
@@ -122,22 +128,37 @@ class _Call:
         self, index: int, text: str, finish_reason: str | None, chunk: bool = False,
         logprobs: list[TokenLogprob] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        lps = self._logprobs(index, logprobs or [])
         if not self.chat:
+            lead = None
+            if self.echo is not None and index not in self._offset:  # the choice's first chunk
+                prompt_text, prompt_ids = self.echo[index // self.body.n]
+                text, lead = prompt_text + text, prompt_ids[0]
+                logprobs = [*self.prompt_logprobs.pop(index, []), *(logprobs or [])]
+            lps = self._logprobs(index, logprobs or [], lead)
             return {"index": index, "text": text, "logprobs": lps, "finish_reason": finish_reason}
+        lps = self._logprobs(index, logprobs or [])
         key = "delta" if chunk else "message"
         content: dict[str, Any] = {"content": text} if chunk else {"role": "assistant", "content": text}
         if chunk and finish_reason is not None and not text:
             content = {}
         return {"index": index, key: content, "logprobs": lps, "finish_reason": finish_reason}
 
-    def _logprobs(self, index: int, entries: list[TokenLogprob]) -> dict[str, Any] | None:
-        """The choice's `logprobs` for these tokens (a stream's chunks continue the text offsets)."""
+    def keep_prompt_logprobs(self, index: int, out: Any) -> None:
+        """An echoing choice's prompt logprobs (they come with its first output token)."""
+        if self.echo is not None and out.prompt_logprobs is not None:
+            self.prompt_logprobs[index] = out.prompt_logprobs
+
+    def _logprobs(
+        self, index: int, entries: list[TokenLogprob], lead: int | None = None
+    ) -> dict[str, Any] | None:
+        """The choice's `logprobs` for these tokens (a stream's chunks continue the text offsets);
+        `lead`: an echoed prompt's first token, which has none."""
         if self.tokens is None:
+            self._offset[index] = 0
             return None
         if self.chat:
             return self.tokens.chat(entries)
-        out = self.tokens.completion(entries, self._offset.get(index, 0))
+        out = self.tokens.completion(entries, self._offset.get(index, 0), lead)
         self._offset[index] = self._offset.get(index, 0) + sum(len(t) for t in out["tokens"])
         return out
 
@@ -169,6 +190,7 @@ async def _collect(call: _Call, group: RequestGroup) -> JSONResponse:
     try:
         async for i, out in group:
             logprobs.setdefault(i, []).extend(out.logprobs or [])
+            call.keep_prompt_logprobs(i, out)
             if out.finished:
                 final[i] = out
     finally:
@@ -196,6 +218,7 @@ async def _stream(call: _Call, group: RequestGroup) -> AsyncIterator[str]:
         async for i, out in group:
             counts[i] = [out.num_prompt_tokens, out.num_output_tokens]
             pending[i].extend(out.logprobs or [])
+            call.keep_prompt_logprobs(i, out)
             text = deltas[i].update(out.text, out.finished)
             if text or out.finished:
                 choice = call.choice(i, text, out.finish_reason, chunk=True, logprobs=pending[i])

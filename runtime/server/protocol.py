@@ -85,6 +85,10 @@ class _Sampling(BaseModel):
         """How many alternatives each output token's log-probabilities list (None: none asked)."""
         return None
 
+    def prompt_logprob_count(self) -> int | None:
+        """The same for the prompt's tokens (None: none asked)."""
+        return None
+
     def stop_list(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return tuple(s for s in stops if s)
@@ -101,7 +105,9 @@ Prompt = (
 class CompletionRequest(_Sampling):
     prompt: Prompt = Field(description="Text, token ids, or a list of either (one choice per prompt).")
     max_tokens: int | None = Field(16, ge=1)
-    echo: Literal[False] = Field(False, description="Not supported: must be false.")
+    echo: bool = Field(
+        False, description="The prompt before the completion (with logprobs: the prompt's too)."
+    )
     logprobs: int | None = Field(
         None, ge=0, le=MAX_LOGPROBS,
         description="Each output token's log-probability and this many most likely tokens' (0..20).",
@@ -111,6 +117,9 @@ class CompletionRequest(_Sampling):
 
     def logprob_count(self) -> int | None:
         return self.logprobs
+
+    def prompt_logprob_count(self) -> int | None:
+        return self.logprobs if self.echo else None
 
     @model_validator(mode="after")
     def _best_of_is_n(self) -> CompletionRequest:

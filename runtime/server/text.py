@@ -129,10 +129,20 @@ class TokenText:
     def text(self, token_id: int) -> str:
         return self.bytes(token_id).decode("utf-8", errors="replace")
 
-    def completion(self, entries: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    def completion(
+        self, entries: list[TokenLogprob], offset: int = 0, lead: int | None = None
+    ) -> dict[str, Any]:
         """/v1/completions' `logprobs`: tokens, their log-probabilities, for each the sampled and the
-        most likely tokens by text, and each token's offset in the text from `offset`."""
+        most likely tokens by text, and each token's offset in the text from `offset`. `lead`: a
+        first token without a log-probability (an echoed prompt's first), null in each list."""
         out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        if lead is not None:
+            text = self.text(lead)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(None)
+            out["top_logprobs"].append(None)
+            out["text_offset"].append(offset)
+            offset += len(text)
         for e in entries:
             text = self.text(e.token_id)
             top = {text: _finite(e.logprob)}

@@ -254,3 +254,24 @@ def test_penalties_change_a_repetitive_greedy_answer(tiny_runtime):
     penalised = api.completions.create(**kw, frequency_penalty=1.5, extra_body={"repetition_penalty": 1.5})
     assert penalised.choices[0].text != plain
     assert api.completions.create(**kw, presence_penalty=0.0).choices[0].text == plain  # 0: no change
+
+
+def test_echo_scores_the_prompt_as_lm_eval_asks(tiny_runtime):
+    """echo + logprobs + max_tokens 1 (how evaluation harnesses score a continuation): the prompt's
+    text and tokens first, the first without a log-probability; the stream says the same."""
+    api = client(tiny_runtime)
+    prompt = "red blue green the answer is"
+    kw = dict(model="tiny", prompt=prompt, max_tokens=1, temperature=0, logprobs=1, echo=True)
+    c = api.completions.create(**kw)
+    ch, n = c.choices[0], c.usage.prompt_tokens
+    assert ch.text.startswith(prompt) and len(ch.text) > len(prompt)
+    lp = ch.logprobs
+    assert len(lp.tokens) == n + 1 and "".join(lp.tokens[:n]) == prompt
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(v < 0 and lp.top_logprobs[i][lp.tokens[i]] == v for i, v in enumerate(lp.token_logprobs) if i)
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(n + 1)]
+    chunks = [x.choices[0] for x in api.completions.create(**kw, stream=True) if x.choices]
+    assert "".join(x.text for x in chunks) == ch.text
+    assert [v for x in chunks if x.logprobs for v in x.logprobs.token_logprobs] == lp.token_logprobs
+    plain = api.completions.create(model="tiny", prompt=prompt, max_tokens=3, temperature=0, echo=True)
+    assert plain.choices[0].text.startswith(prompt) and plain.choices[0].logprobs is None

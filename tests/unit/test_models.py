@@ -149,3 +149,31 @@ def test_penalties_pick_the_greedy_token_of_the_penalised_reference_logits(
         assert token == int(logits.argmax()), f"output token {t}"
     assert got.token_ids != other.token_ids  # the penalties changed the greedy path
     assert len(set(got.token_ids)) > len(set(other.token_ids))  # ... towards fewer repeats
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_prompt_logprobs_over_chunked_prefill_are_transformers(
+    async_scheduling: bool, hf_checkpoints: dict[str, str]
+) -> None:
+    """A 40-token prompt prefilled in chunks of at most 16 tokens, twice (the second would hit the
+    prefix cache): each prompt token's log-probability and the 2 most likely, from the second token."""
+    import transformers
+
+    model_dir = hf_checkpoints["Qwen3ForCausalLM"]
+    reference = transformers.Qwen3ForCausalLM.from_pretrained(model_dir).float().eval()
+    engine = make_engine(model_dir, graph_backend="eager", async_scheduling=async_scheduling,
+                         max_num_batched_tokens=16)  # fmt: skip
+    prompt = torch.randint(
+        0, engine.model_config.vocab_size, (40,), generator=torch.Generator().manual_seed(4)
+    )
+    params = SamplingParams(max_tokens=2, temperature=0.0, prompt_logprobs=2)
+    with torch.no_grad():
+        lp = reference(prompt[None]).logits[0].log_softmax(dim=-1)
+    for _ in range(2):
+        done = engine.generate([prompt.tolist()], params)[0]
+        assert done.prompt_logprobs is not None and len(done.prompt_logprobs) == 39
+        for pos, e in enumerate(done.prompt_logprobs, start=1):
+            assert e.token_id == int(prompt[pos])
+            assert abs(e.logprob - lp[pos - 1, e.token_id].item()) < ATOL
+            assert [t for t, _ in e.top] == lp[pos - 1].topk(2).indices.tolist()
+    assert engine.kv.pool.hit_tokens == 0  # scoring every prompt position skips the prefix cache
