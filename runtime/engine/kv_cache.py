@@ -125,14 +125,16 @@ class BlockPool:
         self.cached.clear()
         self.key_of.clear()
 
-    def cache_computed(self, req: Request) -> None:
+    def cache_computed(self, req: Request) -> bool:
         """Key the request's full prompt blocks whose K/V earlier steps computed (a block whose key
-        another block holds already stays unkeyed, and is freed as a plain block)."""
+        another block holds already stays unkeyed, and is freed as a plain block); True once all
+        its full prompt blocks are done."""
         if not self.prefix_caching:
-            return
-        count = min(req.num_computed_tokens, req.num_prompt_tokens) // self.block_size
+            return True
+        full = req.num_prompt_tokens // self.block_size
+        count = min(req.num_computed_tokens // self.block_size, full)
         if count <= req.num_cached_blocks:
-            return
+            return req.num_cached_blocks >= full
         keys = prefix_keys(req, self.block_size, count)
         for i in range(req.num_cached_blocks, count):
             block = req.block_table[i]
@@ -140,6 +142,7 @@ class BlockPool:
                 self.cached[keys[i]] = block
                 self.key_of[block] = keys[i]
         req.num_cached_blocks = count
+        return count >= full
 
     def slots(self, req: Request, num_tokens: int) -> list[int]:
         """Slots of the request's positions [0, num_tokens)."""

@@ -73,6 +73,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
+        self._prefilling: list[Request] = []  # running requests whose prompt blocks are not all keyed
 
     def add(self, req: Request) -> None:
         self.waiting.append(req)
@@ -83,9 +84,9 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch | None:
         if self.release_complete:
             self._release_done()
-        if self.pool.prefix_caching:
-            for req in self.running:
-                self.pool.cache_computed(req)
+        if self._prefilling:  # key what the steps before computed (prefix caching)
+            self._prefilling = [r for r in self._prefilling
+                                if r.status is Status.RUNNING and not self.pool.cache_computed(r)]  # fmt: skip
         batch = ScheduledBatch([], [])
         decodes = sum(1 for r in self.running if r.num_tokens - r.num_computed_tokens == 1)
         budget = self.max_num_batched_tokens
@@ -119,6 +120,8 @@ class Scheduler:
             self.waiting.popleft()
             self.pool.share(req, hits)
             self.pool.allocate(req, n)
+            if self.pool.prefix_caching:
+                self._prefilling.append(req)
             req.status = Status.RUNNING
             self.running.append(req)
             batch.requests.append(req)
