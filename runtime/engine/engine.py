@@ -250,6 +250,8 @@ class Engine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in ids):
             raise RequestError(f"prompt token ids must be within 0..{vocab - 1}")
+        if any(not 0 <= t < vocab for t in params.stop_token_ids):
+            raise RequestError(f"stop_token_ids must be within 0..{vocab - 1}")
         if len(ids) + params.max_tokens > self.max_model_len:
             raise RequestError(
                 f"this model's maximum context length is {self.max_model_len} tokens; the request "
@@ -373,6 +375,14 @@ class Engine:
         if any(p.penalized for p in params):
             output_counts, seen = self._seen_tokens(sample_reqs, logits.shape[-1], prev_tokens)
             sampled = self.sampler.penalize(logits, params, output_counts, seen)
+        early = [
+            (row, r) for row, r in enumerate(sample_reqs) if len(r.output_token_ids) < r.params.min_tokens
+        ]
+        if early:  # below min_tokens: no token that would end the output may be sampled
+            sampled = sampled.float() if sampled is not logits else logits.float().clone()
+            for row, r in early:
+                ends = set(r.params.stop_token_ids) | (set() if r.params.ignore_eos else self.eos_token_ids)
+                sampled[row, torch.tensor(sorted(ends), dtype=torch.long, device=self.device)] = float("-inf")
         tokens = self.sampler(sampled, params, [r.request_id for r in sample_reqs])
         asked = [r.params.logprobs for r in sample_reqs if r.params.logprobs is not None]
         lps = self.sampler.logprobs(logits, tokens, max(asked)) if asked else None
@@ -486,13 +496,16 @@ class Engine:
         checked = len(req.detok.text)  # text already searched for stop strings
         text = append_text(self.tokenizer, req.output_token_ids, req.detok)
         reason = None
-        if token in self.eos_token_ids and not req.params.ignore_eos:
+        may_stop = len(req.output_token_ids) > req.params.min_tokens
+        if may_stop and (
+            token in req.params.stop_token_ids or (token in self.eos_token_ids and not req.params.ignore_eos)
+        ):
             reason = "stop"
         if reason is None and req.at_max_tokens:
             reason = "length"
         if reason is not None:  # flush a held-back partial character; search it all once more
             text, checked = full_text(self.tokenizer, req.output_token_ids), 0
-        for s in req.params.stop:
+        for s in req.params.stop if may_stop else ():
             cut = text.find(s, max(0, checked - len(s) + 1))
             if cut >= 0:
                 text, reason = text[:cut], "stop"

@@ -31,6 +31,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # ... times the number of times the output holds it (OpenAI)
     repetition_penalty: float = 1.0  # a prompt or output token's logit: / r when positive, * r otherwise
     prompt_logprobs: int | None = None  # None: off; k: each prompt token's log-probability (from the 2nd)
+    stop_token_ids: tuple[int, ...] = ()  # tokens that end the output (kept in it), as end-of-sequence does
+    min_tokens: int = 0  # no end-of-sequence, stop token or stop string before this many output tokens
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -48,6 +50,10 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise SamplingError(f"{name} must be within -2..2, got {getattr(self, name)}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise SamplingError(
+                f"min_tokens must be within 0..max_tokens ({self.max_tokens}), got {self.min_tokens}"
+            )
         if not 0.0 < self.repetition_penalty <= 10.0:
             raise SamplingError(f"repetition_penalty must be within (0, 10], got {self.repetition_penalty}")
 

@@ -80,7 +80,8 @@ def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
                           ignore_eos=body.ignore_eos, logprobs=body.logprob_count(),
                           prompt_logprobs=body.prompt_logprob_count(),
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                          repetition_penalty=body.repetition_penalty)  # fmt: skip
+                          repetition_penalty=body.repetition_penalty,
+                          stop_token_ids=tuple(body.stop_token_ids or ()), min_tokens=body.min_tokens)  # fmt: skip
 
 
 def _token_text(request: Request, body: _Sampling) -> TokenText | None:

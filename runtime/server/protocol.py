@@ -66,6 +66,12 @@ class _Sampling(BaseModel):
     stop: Stop = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED - MAX_N)
     ignore_eos: bool = Field(False, description="GraphPilot extension: keep generating past end-of-sequence.")
+    stop_token_ids: Annotated[list[int], Field(max_length=MAX_STOP)] | None = Field(
+        None, description="GraphPilot extension (as vLLM): token ids that end the output, kept in it."
+    )
+    min_tokens: int = Field(
+        0, ge=0, description="GraphPilot extension (as vLLM): no end-of-sequence, stop token or stop string before this many tokens."
+    )
     presence_penalty: float = Field(
         0.0, ge=-2.0, le=2.0, description="Subtracted from the logit of every token the output holds."
     )

@@ -29,6 +29,8 @@ CASES = [
     ("logprobs above 20", {**GOOD, "logprobs": 21}, 400, "logprobs"),
     ("presence_penalty above 2", {**GOOD, "presence_penalty": 2.5}, 400, "presence_penalty"),
     ("repetition_penalty 0", {**GOOD, "repetition_penalty": 0}, 400, "repetition_penalty"),
+    ("min_tokens above max_tokens", {**GOOD, "min_tokens": 5}, 400, "min_tokens"),
+    ("stop token out of vocabulary", {**GOOD, "stop_token_ids": [999999]}, 400, "stop_token_ids"),
     ("structured output", {**GOOD, "response_format": {"type": "json_object"}}, 400, "response_format"),
 ]
 

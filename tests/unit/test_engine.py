@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -147,6 +148,7 @@ def test_prompt_longer_than_the_context_is_refused(tiny_dir: str) -> None:
         ({"logprobs": 21}, "logprobs must be within 0..20"),
         ({"frequency_penalty": -2.5}, "frequency_penalty must be within -2..2"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"max_tokens": 4, "min_tokens": 5}, "min_tokens must be within 0..max_tokens"),
     ],
 )
 def test_invalid_sampling_values_are_named(kwargs: dict, message: str) -> None:
@@ -244,3 +246,22 @@ def test_prompts_that_share_a_prefix_compute_it_once_with_the_same_tokens(
     assert cached.kv.pool.query_tokens == sum(len(x) for x in ids)
     assert plain.kv.pool.hit_tokens == 0
     assert cached.kv.pool.usage == 0.0  # cached blocks nobody holds count as free
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_stop_token_ids_end_the_output_but_not_before_min_tokens(
+    tiny_dir: str, async_scheduling: bool
+) -> None:
+    engine = make_engine(tiny_dir, graph_backend="eager", async_scheduling=async_scheduling)
+    # seeded sampling repeats its draws; pick a token that first appears third or later
+    params = SamplingParams(max_tokens=12, temperature=1.0, seed=3, ignore_eos=True)
+    prompt = "red blue green the answer"
+    free = engine.generate([prompt], params)[0].token_ids
+    i = next(i for i in range(2, len(free) - 2) if free[i] not in free[:i])
+    stop = dataclasses.replace(params, stop_token_ids=(free[i],))
+    stopped = engine.generate([prompt], stop)[0]
+    assert stopped.token_ids == free[: i + 1] and stopped.finish_reason == "stop"
+    late = engine.generate([prompt], dataclasses.replace(stop, min_tokens=i + 2))[0]
+    assert free[i] not in late.token_ids[: i + 2]  # never sampled below min_tokens
+    assert late.token_ids[:i] == free[:i] and len(late.token_ids) >= i + 2
+    assert late.finish_reason == "length" or late.token_ids[-1] == free[i]
