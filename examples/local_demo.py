@@ -5,8 +5,9 @@
 Starts `graphpilot-runtime serve` with the `tiny` preset and the eager graph backend (the same
 segmented path as CUDA graphs, without the GPU), deliberately with too few buckets; starts the
 autotuner sidecar `graphpilot-sidecar` next to it when it is installed; sends a mixed load (short
-chats, long prompts) with the official openai client; prints requests, replays, rejects, the bucket
-set before and after, and the autotuner's decisions; then stops both with SIGTERM.
+chats behind one system prompt, long prompts) with the official openai client; prints requests,
+replays, rejects, the bucket set before and after, the prefix cache's hit rate, and the autotuner's
+decisions; then stops both with SIGTERM.
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
     sys.exit(f"{url} not ready after {timeout:.0f} s; log: {log}")
 
 
+SYSTEM = " ".join(random.Random(7).choices(WORDS, k=96))  # every chat's system prompt: a shared prefix
+
+
 async def load(base_url: str, seconds: float, clients: int) -> dict[str, int]:
-    """`clients` loops of chat (short prompts) and completions (long prompts) for `seconds`."""
+    """`clients` loops of chat (a short question behind the system prompt) and completions (long
+    prompts) for `seconds`."""
     counts = {"ok": 0, "failed": 0, "completion_tokens": 0}
     deadline = time.monotonic() + seconds
 
@@ -91,7 +96,8 @@ async def load(base_url: str, seconds: float, clients: int) -> dict[str, int]:
             try:
                 if rng.random() < 0.5:
                     msg = " ".join(rng.choices(WORDS, k=rng.randint(2, 8)))
-                    r = await api.chat.completions.create(model="tiny", messages=[{"role": "user", "content": msg}],
+                    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": msg}]
+                    r = await api.chat.completions.create(model="tiny", messages=messages,
                                                           max_tokens=rng.randint(4, 16), temperature=0.7)  # fmt: skip
                 else:
                     prompt = " ".join(rng.choices(WORDS, k=rng.randint(20, 120)))
@@ -120,6 +126,16 @@ def summary(profile: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         "eager_tokens": stats["eager_tokens"],
         "padding_ratio": round(stats["padded_tokens"] / max(1, graph + stats["padded_tokens"]), 3),
     }
+
+
+def prefix_cache(text: str) -> dict[str, float]:
+    """Prompt tokens looked up in and found in the prefix cache, from the runtime's /metrics."""
+    out = {"hits": 0.0, "queries": 0.0}
+    for line in text.splitlines():
+        for key in out:
+            if line.startswith(f"graphpilot_prefix_cache_{key}_total "):
+                out[key] = float(line.split()[-1])
+    return out
 
 
 def main() -> int:
@@ -157,6 +173,7 @@ def main() -> int:
         )
         counts = asyncio.run(load(base + "/v1", args.seconds, args.clients))
         stats = httpx.get(admin + "/admin/stats", params={"cursor": cursor}).json()
+        metrics = prefix_cache(httpx.get(base + "/metrics").text)
         after = summary(httpx.get(admin + "/admin/profile").json(), stats)
         print(f"\nrequests: {counts['ok']} served, {counts['failed']} failed, "
               f"{counts['completion_tokens']} tokens generated")  # fmt: skip
@@ -164,6 +181,8 @@ def main() -> int:
               f"{after['eager_tokens']} eager; padding {after['padding_ratio']:.1%} of replayed tokens)")  # fmt: skip
         print(f"replays by bucket: {after['replays']}")
         print(f"rejects by reason: {after['rejects'] or 'none'}")
+        print(f"prefix cache: {metrics['hits']:.0f} of {metrics['queries']:.0f} prompt tokens found cached "
+              f"({metrics['hits'] / max(1, metrics['queries']):.0%}; the chats share their system prompt)")  # fmt: skip
         print(f"buckets: {before['buckets']} -> {after['buckets']}"
               f" ({'retuned live' if after['buckets'] != before['buckets'] else 'unchanged'})")  # fmt: skip
         if sidecar is not None:
