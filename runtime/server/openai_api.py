@@ -19,6 +19,8 @@ from graphpilot.runtime.server.protocol import (
     APIError,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
     _Sampling,
     usage,
 )
@@ -63,14 +65,43 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     """Chat completion over the model's chat template (ChatML when the checkpoint has none)."""
     engine = _check(request, body)
     state = request.app.state
-    if getattr(state, "chat_template", None) is None:
-        state.chat_template = ChatTemplate.from_model_dir(engine.config.model)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    text = state.chat_template.render(messages)
+    text = _chat_template(request, engine).render(messages)
     ids = await asyncio.to_thread(engine.encode, text)
     max_tokens = body.max_new_tokens() or max(1, engine.max_model_len - len(ids))
     call = _Call("chatcmpl", "chat.completion", state.served_model_name, body, _token_text(request, body))
     return await _serve(request, body, call, [ids], max_tokens)
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    """A prompt's token ids as the completions endpoints count them (`messages`: through the chat
+    template, as /v1/chat/completions renders them)."""
+    engine = _check(request, body)
+    text = body.prompt
+    if body.messages is not None:
+        text = _chat_template(request, engine).render(
+            [{"role": m.role, "content": m.text()} for m in body.messages]
+        )
+    ids = await asyncio.to_thread(engine.encode, text or "")
+    return {"count": len(ids), "max_model_len": engine.max_model_len, "tokens": ids}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
+    """Token ids back to text (special tokens kept)."""
+    engine = _check(request, body)
+    vocab = engine.model_config.vocab_size
+    if any(not 0 <= t < vocab for t in body.tokens):
+        raise APIError(400, f"tokens must be within 0..{vocab - 1}", param="tokens")
+    return {"prompt": engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}
+
+
+def _chat_template(request: Request, engine: Any) -> ChatTemplate:
+    state = request.app.state
+    if getattr(state, "chat_template", None) is None:
+        state.chat_template = ChatTemplate.from_model_dir(engine.config.model)
+    return state.chat_template
 
 
 def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
@@ -94,7 +125,7 @@ def _token_text(request: Request, body: _Sampling) -> TokenText | None:
     return state.token_text
 
 
-def _check(request: Request, body: _Sampling) -> Any:
+def _check(request: Request, body: Any) -> Any:
     engine = _runtime(request).check_ready()
     if body.model is not None and body.model != request.app.state.served_model_name:
         raise APIError(404, f"the model {body.model!r} does not exist; this server serves "

@@ -70,7 +70,9 @@ class _Sampling(BaseModel):
         None, description="GraphPilot extension (as vLLM): token ids that end the output, kept in it."
     )
     min_tokens: int = Field(
-        0, ge=0, description="GraphPilot extension (as vLLM): no end-of-sequence, stop token or stop string before this many tokens."
+        0,
+        ge=0,
+        description="GraphPilot extension (as vLLM): no end-of-sequence, stop token or stop string before this many tokens.",
     )
     presence_penalty: float = Field(
         0.0, ge=-2.0, le=2.0, description="Subtracted from the logit of every token the output holds."
@@ -188,6 +190,29 @@ class ChatCompletionRequest(_Sampling):
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+
+class TokenizeRequest(BaseModel):
+    """Exactly one of `prompt` (text) and `messages` (rendered with the chat template first)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("prompt: give exactly one of prompt and messages")
+        return self
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    tokens: list[int]
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:

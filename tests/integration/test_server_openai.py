@@ -275,3 +275,32 @@ def test_echo_scores_the_prompt_as_lm_eval_asks(tiny_runtime):
     assert [v for x in chunks if x.logprobs for v in x.logprobs.token_logprobs] == lp.token_logprobs
     plain = api.completions.create(model="tiny", prompt=prompt, max_tokens=3, temperature=0, echo=True)
     assert plain.choices[0].text.startswith(prompt) and plain.choices[0].logprobs is None
+
+
+def test_tokenize_counts_what_the_completions_count_and_detokenize_inverts_it(tiny_runtime):
+    root = tiny_runtime.base_url
+    prompt = "red blue wörld € 300 + 4 ="
+    t = httpx.post(root + "/tokenize", json={"model": "tiny", "prompt": prompt}, timeout=60).json()
+    api = client(tiny_runtime)
+    assert (
+        t["count"]
+        == len(t["tokens"])
+        == api.completions.create(model="tiny", prompt=prompt, max_tokens=1).usage.prompt_tokens
+    )
+    assert t["max_model_len"] == 2048
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": prompt}]
+    chat = httpx.post(root + "/tokenize", json={"messages": msgs}, timeout=60).json()
+    assert (
+        chat["count"]
+        == api.chat.completions.create(model="tiny", messages=msgs, max_tokens=1).usage.prompt_tokens
+    )
+    assert httpx.post(root + "/detokenize", json={"tokens": t["tokens"]}, timeout=60).json() == {
+        "prompt": prompt
+    }
+    for body, status in [
+        ({"prompt": "a", "messages": msgs}, 400),
+        ({}, 400),
+        ({"prompt": "a", "model": "x"}, 404),
+    ]:
+        assert httpx.post(root + "/tokenize", json=body, timeout=60).status_code == status
+    assert httpx.post(root + "/detokenize", json={"tokens": [10**7]}, timeout=60).status_code == 400
