@@ -31,7 +31,7 @@ from graphpilot.runtime.engine.scheduler import ScheduledBatch, Scheduler
 from graphpilot.runtime.engine.stats import StepLog
 from graphpilot.runtime.graphs.runner import ApplyResult, GraphRunner, Route
 from graphpilot.runtime.kernels import HAS_TRITON
-from graphpilot.runtime.layers.sampler import Sampler
+from graphpilot.runtime.layers.sampler import Sampler, on_device
 from graphpilot.runtime.models.config import ModelError, load_model_config
 from graphpilot.runtime.models.loader import load_model_weights
 from graphpilot.runtime.models.registry import build_model
@@ -382,7 +382,7 @@ class Engine:
             sampled = sampled.float() if sampled is not logits else logits.float().clone()
             for row, r in early:
                 ends = set(r.params.stop_token_ids) | (set() if r.params.ignore_eos else self.eos_token_ids)
-                sampled[row, torch.tensor(sorted(ends), dtype=torch.long, device=self.device)] = float("-inf")
+                sampled[row, on_device(sorted(ends), torch.long, self.device)] = float("-inf")
         tokens = self.sampler(sampled, params, [r.request_id for r in sample_reqs])
         asked = [r.params.logprobs for r in sample_reqs if r.params.logprobs is not None]
         lps = self.sampler.logprobs(logits, tokens, max(asked)) if asked else None
@@ -391,8 +391,8 @@ class Engine:
     def _prompt_logprobs(
         self, hidden: torch.Tensor, rows: list[int], targets: list[tuple[Request, int]]
     ) -> PromptLogprobs:
-        logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)], fp32=False)
-        ids = torch.tensor([req.prompt_token_ids[pos] for req, pos in targets], device=self.device)
+        logits = self.model.compute_logits(hidden[on_device(rows, torch.long, self.device)], fp32=False)
+        ids = on_device([req.prompt_token_ids[pos] for req, pos in targets], torch.long, self.device)
         top = max(req.params.prompt_logprobs or 0 for req, _ in targets)
         return PromptLogprobs(targets, self.sampler.logprobs(logits, ids, top))
 
@@ -414,8 +414,8 @@ class Engine:
             if req.params.repetition_penalty != 1.0:
                 rows += [row] * req.num_prompt_tokens
                 ids += req.prompt_token_ids
-        r = torch.tensor(rows, dtype=torch.long).to(self.device)
-        t = torch.tensor(ids, dtype=torch.long).to(self.device)
+        r = on_device(rows, torch.long, self.device)
+        t = on_device(ids, torch.long, self.device)
         if prev_tokens is not None:
             t = torch.where(t < 0, prev_tokens[(-t - 1).clamp(min=0)], t)
         counts = torch.zeros(len(reqs), vocab, device=self.device)

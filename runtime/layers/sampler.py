@@ -15,9 +15,17 @@ fp32 beside the sampled tokens, so they reach the host with them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from graphpilot.runtime.engine.request import SamplingParams
+
+
+def on_device(values: list[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list as a device tensor without waiting for the device: a blocking copy would
+    wait for the step queued before it, which async scheduling means to overlap."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 class Sampler:
@@ -45,14 +53,16 @@ class Sampler:
         if all(p.greedy for p in params):
             return greedy
         logits = logits.float()
-        temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=logits.device)
+        temps = on_device(
+            [p.temperature if not p.greedy else 1.0 for p in params], torch.float32, logits.device
+        )
         probs = self._filter(logits / temps[:, None], params).softmax(dim=-1)
         noise = torch.empty_like(probs).exponential_(generator=self.generator)
         for row, (p, rid) in enumerate(zip(params, request_ids, strict=True)):
             if p.seed is not None and not p.greedy:
                 noise[row].exponential_(generator=self._generator(rid, p.seed))
         sampled = (probs / noise).argmax(dim=-1)
-        is_greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+        is_greedy = on_device([p.greedy for p in params], torch.bool, logits.device)
         return torch.where(is_greedy, greedy, sampled)
 
     @staticmethod
@@ -61,10 +71,10 @@ class Sampler:
         if all(p.top_k == 0 and p.top_p >= 1.0 for p in params):
             return logits
         vocab = logits.shape[-1]
-        top_k = torch.tensor(
-            [p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=logits.device
+        top_k = on_device(
+            [p.top_k if 0 < p.top_k < vocab else vocab for p in params], torch.long, logits.device
         )
-        top_p = torch.tensor([p.top_p for p in params], device=logits.device)
+        top_p = on_device([p.top_p for p in params], torch.float32, logits.device)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         ranks = torch.arange(vocab, device=logits.device)[None, :]
         sorted_probs = sorted_logits.softmax(dim=-1)
@@ -80,9 +90,9 @@ class Sampler:
         """fp32 logits [b, vocab] after each row's penalties: `output_counts` [b, vocab] counts the
         tokens of the row's output so far, `seen` [b, vocab] marks those of its prompt and output."""
         dev = logits.device
-        rep = torch.tensor([p.repetition_penalty for p in params], device=dev)[:, None]
-        freq = torch.tensor([p.frequency_penalty for p in params], device=dev)[:, None]
-        presence = torch.tensor([p.presence_penalty for p in params], device=dev)[:, None]
+        rep = on_device([p.repetition_penalty for p in params], torch.float32, dev)[:, None]
+        freq = on_device([p.frequency_penalty for p in params], torch.float32, dev)[:, None]
+        presence = on_device([p.presence_penalty for p in params], torch.float32, dev)[:, None]
         logits = logits.float()
         logits = torch.where(seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
         return logits - freq * output_counts - presence * (output_counts > 0)
