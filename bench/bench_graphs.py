@@ -59,9 +59,12 @@ def make_prompts(vocab_size: int, num_requests: int, seed: int) -> list[list[int
             for _ in range(num_requests)]  # fmt: skip
 
 
-def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> dict[str, Any]:
+def workload(
+    engine: Engine, num_requests: int, output_len: int, seed: int, temperature: float = 0.0
+) -> dict[str, Any]:
     prompts = make_prompts(engine.model_config.vocab_size, num_requests, seed)
-    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=output_len, temperature=temperature, top_p=1.0 if temperature == 0 else 0.95,
+                            ignore_eos=True, seed=None if temperature == 0 else seed)  # fmt: skip
     engine.runner.replays.clear()
     engine.runner.rejects.clear()
     cursor = engine.step_log.seq
@@ -75,7 +78,7 @@ def workload(engine: Engine, num_requests: int, output_len: int, seed: int) -> d
     step_ms = sorted(1000 * r.forward_seconds for r in records)
     generated = sum(len(o.token_ids) for o in outs)
     return {
-        "num_requests": num_requests, "output_tokens": generated, "seconds": round(seconds, 3),
+        "num_requests": num_requests, "temperature": temperature, "output_tokens": generated, "seconds": round(seconds, 3),
         "output_tokens_per_s": round(generated / seconds, 1),
         "prompt_tokens": sum(len(p) for p in prompts), "steps": w.cursor - w.since,
         "prefix_cache_hit_tokens": engine.kv.pool.hit_tokens - hits,  # random prompts: none expected
@@ -256,6 +259,8 @@ def main() -> None:
     p.add_argument("--num-requests", type=int, default=200, help="at concurrency > 1")
     p.add_argument("--num-requests-c1", type=int, default=8, help="at concurrency 1 (sequential)")
     p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="of the workload (0: greedy, the default; above: sampled with top_p 0.95)")  # fmt: skip
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--mem-fraction-static", type=float, default=0.85)
     p.add_argument("--break-sizes", default="1,2,4,8,16,32,64,128,256")
@@ -327,7 +332,7 @@ def main() -> None:
         save(result, args.out)
         n = args.num_requests if c > 1 else args.num_requests_c1
         if not args.skip_workload:
-            run.update(workload(engine, n, args.output_len, seed=0))
+            run.update(workload(engine, n, args.output_len, seed=0, temperature=args.temperature))
         print(json.dumps(run), file=sys.stderr)
         save(result, args.out)
         del engine
