@@ -187,9 +187,13 @@ def _add_torch_metadata(meta: AttentionMetadata, tables: torch.Tensor, device: t
     kpos = torch.arange(max_kv, device=device)
     decode_idx = torch.tensor(decode, dtype=torch.long).to(device, non_blocking=True)
     meta.decode_kv_slots = tables[decode_idx][:, kpos // bs] * bs + kpos % bs
-    decode_lens = torch.tensor([context_lens[i] for i in decode], dtype=torch.long, device=device)
+    decode_lens = torch.tensor([context_lens[i] for i in decode], dtype=torch.long).to(
+        device, non_blocking=True
+    )
     meta.decode_mask = (kpos[None, :] < decode_lens[:, None])[:, None, None, :]
-    meta.decode_rows = torch.tensor([meta.query_start[i] for i in decode], dtype=torch.long, device=device)
+    meta.decode_rows = torch.tensor([meta.query_start[i] for i in decode], dtype=torch.long).to(
+        device, non_blocking=True
+    )
     meta.kv_slots = [_context_slots(tables[i], context_lens[i], bs) for i in range(len(query_lens))]
     meta.prefill_reqs = [i for i, q in enumerate(query_lens) if q > 1]
     meta.prefill_masks = [
