@@ -47,7 +47,7 @@ class ResponseFormat(BaseModel):
     @classmethod
     def _text_only(cls, value: str) -> str:
         if value != "text":
-            raise ValueError(f"{value!r} is not supported (structured output is not supported): only 'text'")
+            raise ValueError(f"{value!r}: structured output is not supported, only 'text'")
         return value
 
 
