@@ -252,6 +252,8 @@ class Engine:
             raise RequestError(f"prompt token ids must be within 0..{vocab - 1}")
         if any(not 0 <= t < vocab for t in params.stop_token_ids):
             raise RequestError(f"stop_token_ids must be within 0..{vocab - 1}")
+        if any(not 0 <= t < vocab for t, _ in params.logit_bias):
+            raise RequestError(f"logit_bias token ids must be within 0..{vocab - 1}")
         if len(ids) + params.max_tokens > self.max_model_len:
             raise RequestError(
                 f"this model's maximum context length is {self.max_model_len} tokens; the request "
@@ -375,18 +377,36 @@ class Engine:
         if any(p.penalized for p in params):
             output_counts, seen = self._seen_tokens(sample_reqs, logits.shape[-1], prev_tokens)
             sampled = self.sampler.penalize(logits, params, output_counts, seen)
-        early = [
-            (row, r) for row, r in enumerate(sample_reqs) if len(r.output_token_ids) < r.params.min_tokens
-        ]
-        if early:  # below min_tokens: no token that would end the output may be sampled
-            sampled = sampled.float() if sampled is not logits else logits.float().clone()
-            for row, r in early:
-                ends = set(r.params.stop_token_ids) | (set() if r.params.ignore_eos else self.eos_token_ids)
-                sampled[row, on_device(sorted(ends), torch.long, self.device)] = float("-inf")
+        sampled = self._bias_and_mask(logits, sampled, sample_reqs)
         tokens = self.sampler(sampled, params, [r.request_id for r in sample_reqs])
         asked = [r.params.logprobs for r in sample_reqs if r.params.logprobs is not None]
         lps = self.sampler.logprobs(logits, tokens, max(asked)) if asked else None
         return sample_reqs, tokens, route, lps, plps
+
+    def _bias_and_mask(
+        self, logits: torch.Tensor, sampled: torch.Tensor, reqs: list[Request]
+    ) -> torch.Tensor:
+        """`sampled` with each row's `logit_bias` added and, below `min_tokens`, the tokens that
+        would end the output masked out (an output token in flight counts); unchanged if none asks."""
+        rows: list[int] = []
+        cols: list[int] = []
+        values: list[float] = []
+        for row, r in enumerate(reqs):
+            for token, bias in r.params.logit_bias:
+                rows.append(row)
+                cols.append(token)
+                values.append(bias)
+            if len(r.output_token_ids) < r.params.min_tokens:
+                ends = set(r.params.stop_token_ids) | (set() if r.params.ignore_eos else self.eos_token_ids)
+                rows += [row] * len(ends)
+                cols += sorted(ends)
+                values += [float("-inf")] * len(ends)
+        if not rows:
+            return sampled
+        out = sampled.float() if sampled is not logits else logits.float().clone()
+        index = (on_device(rows, torch.long, self.device), on_device(cols, torch.long, self.device))
+        out.index_put_(index, on_device(values, torch.float32, self.device), accumulate=True)
+        return out
 
     def _prompt_logprobs(
         self, hidden: torch.Tensor, rows: list[int], targets: list[tuple[Request, int]]

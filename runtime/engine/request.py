@@ -33,6 +33,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # None: off; k: each prompt token's log-probability (from the 2nd)
     stop_token_ids: tuple[int, ...] = ()  # tokens that end the output (kept in it), as end-of-sequence does
     min_tokens: int = 0  # no end-of-sequence, stop token or stop string before this many output tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, -100..100) added to its sampled logit
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -54,6 +55,8 @@ class SamplingParams:
             raise SamplingError(
                 f"min_tokens must be within 0..max_tokens ({self.max_tokens}), got {self.min_tokens}"
             )
+        if any(not -100.0 <= bias <= 100.0 for _, bias in self.logit_bias):
+            raise SamplingError("logit_bias values must be within -100..100")
         if not 0.0 < self.repetition_penalty <= 10.0:
             raise SamplingError(f"repetition_penalty must be within (0, 10], got {self.repetition_penalty}")
 

@@ -112,7 +112,8 @@ def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
                           prompt_logprobs=body.prompt_logprob_count(),
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                           repetition_penalty=body.repetition_penalty,
-                          stop_token_ids=tuple(body.stop_token_ids or ()), min_tokens=body.min_tokens)  # fmt: skip
+                          stop_token_ids=tuple(body.stop_token_ids or ()), min_tokens=body.min_tokens,
+                          logit_bias=body.logit_bias_pairs())  # fmt: skip
 
 
 def _token_text(request: Request, body: _Sampling) -> TokenText | None:

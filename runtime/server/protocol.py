@@ -12,6 +12,7 @@ from graphpilot.runtime.engine.request import MAX_LOGPROBS
 MAX_SEED = 2**63 - 1
 MAX_N = 16  # choices per prompt: each is a request of its own
 MAX_STOP = 16
+MAX_LOGIT_BIAS = 300
 
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)] | None
 
@@ -84,6 +85,9 @@ class _Sampling(BaseModel):
         1.0, gt=0.0, le=10.0,
         description="GraphPilot extension (as vLLM): a prompt or output token's logit divided by it if positive, else multiplied.",
     )  # fmt: skip
+    logit_bias: Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)] | None = Field(
+        None, description="Token id (as a string) -> -100..100, added to its logit before sampling."
+    )
     user: str | None = None
     response_format: ResponseFormat | None = Field(
         None, description='Only {"type": "text"}: structured output is not supported.'
@@ -96,6 +100,18 @@ class _Sampling(BaseModel):
     def prompt_logprob_count(self) -> int | None:
         """The same for the prompt's tokens (None: none asked)."""
         return None
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """`logit_bias` as (token id, bias); a key that is not an integer is a 400."""
+        pairs = []
+        for key, bias in (self.logit_bias or {}).items():
+            try:
+                pairs.append((int(key), bias))
+            except ValueError:
+                raise APIError(
+                    400, f"logit_bias: keys are token ids, got {key!r}", param="logit_bias"
+                ) from None
+        return tuple(pairs)
 
     def stop_list(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

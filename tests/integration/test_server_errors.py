@@ -31,6 +31,8 @@ CASES = [
     ("repetition_penalty 0", {**GOOD, "repetition_penalty": 0}, 400, "repetition_penalty"),
     ("min_tokens above max_tokens", {**GOOD, "min_tokens": 5}, 400, "min_tokens"),
     ("stop token out of vocabulary", {**GOOD, "stop_token_ids": [999999]}, 400, "stop_token_ids"),
+    ("logit_bias key not a token id", {**GOOD, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+    ("logit_bias above 100", {**GOOD, "logit_bias": {"5": 200}}, 400, "logit_bias"),
     ("structured output", {**GOOD, "response_format": {"type": "json_object"}}, 400, "response_format"),
 ]
 

@@ -151,6 +151,7 @@ def test_prompt_longer_than_the_context_is_refused(tiny_dir: str) -> None:
         ({"frequency_penalty": -2.5}, "frequency_penalty must be within -2..2"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"max_tokens": 4, "min_tokens": 5}, "min_tokens must be within 0..max_tokens"),
+        ({"logit_bias": ((3, 101.0),)}, "logit_bias values must be within -100..100"),
     ],
 )
 def test_invalid_sampling_values_are_named(kwargs: dict, message: str) -> None:
@@ -298,6 +299,7 @@ def test_every_sampling_feature_together_under_preemption_and_aborts(
             frequency_penalty=rng.choice([0.0, 0.8]), repetition_penalty=rng.choice([1.0, 1.2]),
             stop_token_ids=tuple(rng.sample(range(500), 3)) if rng.random() < 0.3 else (),
             min_tokens=rng.randint(0, max_tokens),
+            logit_bias=((rng.randrange(500), rng.choice([-5.0, 5.0])),) if rng.random() < 0.3 else (),
         )  # fmt: skip
         work.append((text, params))
     ids = [engine.add_request(text, params) for text, params in work]
@@ -322,3 +324,15 @@ def test_every_sampling_feature_together_under_preemption_and_aborts(
             assert [e.token_id for e in req.prompt_logprobs] == req.prompt_token_ids[1:]
         alone = make_engine(tiny_dir, graph_backend="eager").generate([text], params)[0]
         assert alone.token_ids == out, f"request {k}"
+
+
+def test_logit_bias_forces_and_bans_tokens(tiny_dir: str) -> None:
+    engine = make_engine(tiny_dir, graph_backend="eager")
+    prompt = "red blue green the answer"
+    free = engine.generate([prompt], GREEDY)[0].token_ids
+    forced = engine.generate([prompt], dataclasses.replace(GREEDY, logit_bias=((7, 100.0),)))[0].token_ids
+    assert forced == [7] * len(free)
+    banned = engine.generate([prompt], dataclasses.replace(GREEDY, logit_bias=((free[0], -100.0),)))[0]
+    assert free[0] not in banned.token_ids
+    with pytest.raises(RequestError, match="logit_bias"):
+        engine.add_request(prompt, dataclasses.replace(GREEDY, logit_bias=((10**6, 1.0),)))
