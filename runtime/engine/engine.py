@@ -271,6 +271,13 @@ class Engine:
             self._finish(req, "abort")
             return True
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached prompt prefix; returns how many cached blocks were forgotten."""
+        with self._lock:
+            forgotten = len(self.kv.pool.cached)
+            self.kv.pool.reset_prefix_cache()
+            return forgotten
+
     def has_unfinished(self) -> bool:
         with self._lock:
             return self.scheduler.has_unfinished() or self.runner.capturing or self._inflight is not None

@@ -6,6 +6,7 @@ A bearer token guards every route when one is configured (required when bound be
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -111,6 +112,12 @@ def create_admin_app(
             admin.persist(list(engine.runner.buckets))
         body = {"result": res.result, "reason": res.reason + note, "profile": admin.profile()}
         return JSONResponse(body, status_code=409 if res.result == "rejected" else 200)
+
+    @app.post("/admin/reset_prefix_cache")
+    async def reset_prefix_cache() -> dict[str, Any]:
+        """Forget every cached prompt prefix (for benchmarks); running requests keep their blocks."""
+        engine = runtime.check_started()
+        return {"result": "reset", "forgotten_blocks": await asyncio.to_thread(engine.reset_prefix_cache)}
 
     @app.get("/admin/stats")
     async def get_stats(

@@ -97,3 +97,26 @@ def test_exposed_admin_port_needs_a_token():
 def test_profile_tells_the_padding_limit_the_autotuner_plans_with(tiny_runtime) -> None:
     profile = httpx.get(f"{tiny_runtime.admin_url}/admin/profile", timeout=30).json()
     assert profile["graph_max_padding_ratio"] == 0.5
+
+
+def test_reset_prefix_cache_makes_a_repeated_prompt_compute_again(tiny_runtime):
+    body = {"model": "tiny", "prompt": "admin reset " + "green blue red " * 20, "max_tokens": 2}
+    url, admin = tiny_runtime.openai_url + "/completions", tiny_runtime.admin_url
+
+    def hits() -> float:
+        text = httpx.get(tiny_runtime.base_url + "/metrics").text
+        return float(
+            next(x for x in text.splitlines() if x.startswith("graphpilot_prefix_cache_hits_total ")).split()[
+                -1
+            ]
+        )
+
+    httpx.post(url, json=body, timeout=60)
+    before = hits()
+    httpx.post(url, json=body, timeout=60)
+    assert hits() > before  # the repeat found its prefix
+    r = httpx.post(admin + "/admin/reset_prefix_cache", timeout=60).json()
+    assert r["result"] == "reset" and r["forgotten_blocks"] > 0
+    before = hits()
+    httpx.post(url, json=body, timeout=60)
+    assert hits() == before  # nothing was left to find
