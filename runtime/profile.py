@@ -176,7 +176,9 @@ class StatsWindow:
     kv_cache_capacity_tokens: int = 0
     num_requests_running: int = 0
     num_requests_waiting: int = 0
-    num_preemptions: int = 0
+    num_preemptions: int = 0  # in the window
+    prefix_cache_query_tokens: int = 0  # prompt tokens looked up in the prefix cache in the window
+    prefix_cache_hit_tokens: int = 0  # ... and found there
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

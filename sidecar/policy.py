@@ -20,7 +20,8 @@ class MemoryPolicy:
     Pressure (preemptions, or waiting requests while the KV cache is nearly full) asks for more KV:
     raise the fraction; at the upper bound, shrink the graph-memory budget instead so the next bucket
     set frees graph memory for KV. A KV cache that stays mostly empty gives memory back (more headroom
-    against OOM). A failed apply (OOM, failed capture) caps the fraction below what failed and blocks
+    against OOM), unless its free blocks serve the prefix cache: while that finds `cache_keep` of the
+    prompt tokens or more, the memory stays. A failed apply (OOM, failed capture) caps the fraction below what failed and blocks
     raises for a backoff that doubles on every failure.
     """
 
@@ -30,6 +31,7 @@ class MemoryPolicy:
     kv_high: float = 0.9
     kv_low: float = 0.5
     low_intervals: int = 6  # hysteresis: this many quiet intervals in a row before giving memory back
+    cache_keep: float = 0.1  # a prefix cache hit rate that keeps the KV memory (cached blocks count as free)
     ceiling: float = math.inf
     backoff_until: float = -math.inf
     backoff_seconds: float = 300.0
@@ -46,7 +48,10 @@ class MemoryPolicy:
         """A new mem_fraction_static, or None to keep the current one."""
         if current is None:
             return None  # the runtime does not manage a static fraction (CPU)
-        self._low_streak = self._low_streak + 1 if window.kv_cache_usage_ratio < self.kv_low else 0
+        queries = window.prefix_cache_query_tokens
+        caching = queries > 0 and window.prefix_cache_hit_tokens / queries >= self.cache_keep
+        quiet = window.kv_cache_usage_ratio < self.kv_low and not caching
+        self._low_streak = self._low_streak + 1 if quiet else 0
         upper = min(self.hi, self.ceiling)
         if self.pressure(window):
             if now >= self.backoff_until and current + 1e-9 < upper:

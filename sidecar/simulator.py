@@ -195,7 +195,7 @@ def _merge(out: StatsWindow, w: StatsWindow) -> None:
         for k, v in src.items():
             dst[k] = dst.get(k, 0) + v
     for attr in ("padded_tokens", "graph_tokens", "eager_tokens", "forward_seconds", "generation_tokens",
-                 "num_preemptions"):  # fmt: skip
+                 "num_preemptions", "prefix_cache_query_tokens", "prefix_cache_hit_tokens"):  # fmt: skip
         setattr(out, attr, getattr(out, attr) + getattr(w, attr))
     for attr in ("kv_cache_usage_ratio", "num_requests_waiting", "num_requests_running"):
         setattr(out, attr, getattr(w, attr))  # gauges: the latest reading

@@ -271,6 +271,11 @@ class Engine:
             self._finish(req, "abort")
             return True
 
+    def _totals(self) -> tuple[int, int, int]:
+        """Running totals the step log keeps per step: preemptions, prefix-cache query and hit tokens."""
+        pool = self.kv.pool
+        return self.scheduler.num_preemptions, pool.query_tokens, pool.hit_tokens
+
     def reset_prefix_cache(self) -> int:
         """Forget every cached prompt prefix; returns how many cached blocks were forgotten."""
         with self._lock:
@@ -318,7 +323,9 @@ class Engine:
             outputs = [
                 self._append(req, tok, lp) for req, tok, lp in zip(sample_reqs, token_ids, rows, strict=True)
             ]
-            self.step_log.append(batch.num_tokens, route.bucket, route.reason, seconds, len(token_ids))
+            self.step_log.append(
+                batch.num_tokens, route.bucket, route.reason, seconds, len(token_ids), self._totals()
+            )
             return outputs
 
     def step_inputs(
@@ -510,7 +517,9 @@ class Engine:
         # wall time of this step alone: steps overlap, so it starts where the previous one ended
         now = time.perf_counter()
         seconds, self._resolved_at = now - max(p.start, self._resolved_at), now
-        self.step_log.append(p.batch.num_tokens, p.route.bucket, p.route.reason, seconds, len(tokens))
+        self.step_log.append(
+            p.batch.num_tokens, p.route.bucket, p.route.reason, seconds, len(tokens), self._totals()
+        )
         return outputs
 
     def _append(self, req: Request, token: int, logprob: TokenLogprob | None = None) -> RequestOutput:

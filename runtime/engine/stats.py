@@ -17,6 +17,11 @@ class StepRecord:
     reason: str | None
     forward_seconds: float
     generation_tokens: int
+    totals: tuple[int, int, int] = (
+        0,
+        0,
+        0,
+    )  # after this step: preemptions, prefix-cache query and hit tokens
 
 
 class StepLog:
@@ -32,11 +37,12 @@ class StepLog:
         return self._seq
 
     def append(
-        self, num_tokens: int, bucket: int | None, reason: str | None, seconds: float, gen: int
-    ) -> None:
+        self, num_tokens: int, bucket: int | None, reason: str | None, seconds: float, gen: int,
+        totals: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:  # fmt: skip
         with self._lock:
             self._seq += 1
-            self._records.append(StepRecord(self._seq, num_tokens, bucket, reason, seconds, gen))
+            self._records.append(StepRecord(self._seq, num_tokens, bucket, reason, seconds, gen, totals))
 
     def records(self, cursor: int) -> list[StepRecord]:
         """The steps after cursor that are still in the buffer."""
@@ -55,9 +61,15 @@ class StepLog:
         num_tokens: Counter[int] = Counter()
         replays: Counter[int] = Counter()
         rejects: Counter[str] = Counter()
+        # running totals at the cursor: its step's (if it fell out of the log: the first step kept)
+        base: tuple[int, int, int] | None = (0, 0, 0) if cursor == 0 else None
+        last: tuple[int, int, int] | None = None
         for r in records:
             if r.seq <= cursor:
+                base = r.totals
                 continue
+            base = r.totals if base is None else base
+            last = r.totals
             num_tokens[r.num_tokens] += 1
             w.forward_seconds += r.forward_seconds
             w.generation_tokens += r.generation_tokens
@@ -69,4 +81,8 @@ class StepLog:
                 rejects[r.reason or "disabled"] += 1
                 w.eager_tokens += r.num_tokens
         w.num_tokens, w.replays, w.rejects = dict(num_tokens), dict(replays), dict(rejects)
+        if last is not None and base is not None:
+            w.num_preemptions, w.prefix_cache_query_tokens, w.prefix_cache_hit_tokens = (
+                b - a for a, b in zip(base, last, strict=True)
+            )
         return w

@@ -130,7 +130,6 @@ def create_admin_app(
         w.kv_cache_capacity_tokens = engine.kv.pool.capacity_tokens
         w.num_requests_running = len(engine.scheduler.running)
         w.num_requests_waiting = len(engine.scheduler.waiting)
-        w.num_preemptions = engine.scheduler.num_preemptions
         return w.to_dict()
 
     return app

@@ -336,3 +336,21 @@ def test_logit_bias_forces_and_bans_tokens(tiny_dir: str) -> None:
     assert free[0] not in banned.token_ids
     with pytest.raises(RequestError, match="logit_bias"):
         engine.add_request(prompt, dataclasses.replace(GREEDY, logit_bias=((10**6, 1.0),)))
+
+
+def test_stats_windows_count_preemptions_and_prefix_hits_once(tiny_dir: str) -> None:
+    """The autotuner's reads: each window holds the preemptions and prefix-cache tokens of its own
+    steps, not the running totals (which would read as KV pressure forever after one preemption)."""
+    engine = make_engine(tiny_dir, graph_backend="off", max_total_tokens=320, block_size=16)
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    engine.generate(prompts(12, seed=3, max_words=30), params)
+    first = engine.step_log.window(0)
+    assert first.num_preemptions == engine.scheduler.num_preemptions > 0
+    assert first.prefix_cache_query_tokens == engine.kv.pool.query_tokens
+    shared = prompts(1, seed=4, max_words=60)[0]
+    engine.generate([shared], params)
+    engine.generate([shared], params)  # the repeat finds its prefix
+    second = engine.step_log.window(first.cursor)
+    assert second.num_preemptions == 0
+    assert second.prefix_cache_hit_tokens == engine.kv.pool.hit_tokens - first.prefix_cache_hit_tokens > 0
+    assert engine.step_log.window(second.cursor).prefix_cache_hit_tokens == 0  # nothing new since

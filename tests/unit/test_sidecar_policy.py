@@ -38,6 +38,19 @@ def test_memory_goes_back_only_after_a_quiet_streak() -> None:
     assert p.propose(0.78, BUSY_OK, 0) is None and p.propose(0.78, IDLE, 0) is None  # streak reset
 
 
+def test_a_kv_cache_that_serves_prefix_hits_keeps_its_memory() -> None:
+    """Cached prefix blocks count as free: a low usage ratio with a working prefix cache is not idle."""
+    caching = StatsWindow(
+        0, 0, kv_cache_usage_ratio=0.2, prefix_cache_query_tokens=1000, prefix_cache_hit_tokens=400
+    )
+    missing = StatsWindow(
+        0, 0, kv_cache_usage_ratio=0.2, prefix_cache_query_tokens=1000, prefix_cache_hit_tokens=20
+    )
+    p = MemoryPolicy(lo=0.5, hi=0.95, step=0.02, low_intervals=2)
+    assert [p.propose(0.8, caching, 0) for _ in range(5)] == [None] * 5
+    assert [p.propose(0.8, missing, 0) for _ in range(2)] == [None, 0.78]  # 2 % hits: idle memory
+
+
 def test_gate_requires_gain_outside_cooldown_unless_traffic_is_uncovered() -> None:
     g = SafetyGate(min_gain=0.05, cooldown_seconds=60, hold_seconds=600, max_payback_seconds=300)
     assert g.refuse((1, 2), gain=0.01, urgent=False, now=0) == "below_min_gain"
