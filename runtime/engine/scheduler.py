@@ -27,7 +27,9 @@ When the KV pool runs out, the newest running request is preempted: its blocks a
 waits to be recomputed; nothing is dropped.
 
 With prefix caching (`kv_cache`), a request is admitted from its longest cached prompt prefix and
-computes the rest; each step first keys the prompt blocks that the steps before it computed.
+computes the rest; each step first keys the prompt blocks that the steps before it computed. A
+request whose next prompt block a running request is computing waits for it (and the queue behind it
+with it, first come first served) rather than compute the same block.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TypeVar
 
-from graphpilot.runtime.engine.kv_cache import BlockPool
+from graphpilot.runtime.engine.kv_cache import BlockPool, prefix_keys
 from graphpilot.runtime.engine.request import Request, Status
 
 T = TypeVar("T")
@@ -114,6 +116,8 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_running_requests:
             req = self.waiting[0]
             hits = self.pool.prefix_hits(req)
+            if self._prefilling and self._computing_next_block(req, len(hits)):
+                break  # it starts from that block a step or so later instead of computing it twice
             n = min(req.num_tokens - len(hits) * self.pool.block_size, budget)
             if not self.pool.can_allocate(req, n, hits):
                 break
@@ -132,6 +136,23 @@ class Scheduler:
             if self.snake_order and 0 < self.decode_round < len(batch.requests):
                 batch.requests = back_and_forth(batch.requests, self.decode_round)
         return batch if batch.requests else None
+
+    def _computing_next_block(self, req: Request, hits: int) -> bool:
+        """Is a running request computing the prompt block that the waiting `req` would compute
+        first (after its `hits` cached blocks)? Requests that share a prefix and arrive together
+        (a burst behind one system prompt, the `n` choices of a prompt) then compute it once."""
+        bs = self.pool.block_size
+        if (
+            req.params.prompt_logprobs is not None
+            or hits >= min(req.num_tokens - 1, req.num_prompt_tokens) // bs
+        ):
+            return False
+        key = prefix_keys(req, bs, hits + 1)[hits]
+        return any(
+            other.status is Status.RUNNING and hits < other.num_prompt_tokens // bs
+            and prefix_keys(other, bs, hits + 1)[hits] == key
+            for other in self._prefilling
+        )  # fmt: skip
 
     def _release_done(self) -> None:
         """Take requests that have all their output tokens (the last one may be a placeholder of the

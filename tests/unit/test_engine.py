@@ -354,3 +354,23 @@ def test_stats_windows_count_preemptions_and_prefix_hits_once(tiny_dir: str) -> 
     assert second.num_preemptions == 0
     assert second.prefix_cache_hit_tokens == engine.kv.pool.hit_tokens - first.prefix_cache_hit_tokens > 0
     assert engine.step_log.window(second.cursor).prefix_cache_hit_tokens == 0  # nothing new since
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_requests_arriving_together_compute_their_shared_prefix_once(
+    tiny_dir: str, async_scheduling: bool
+) -> None:
+    """Four requests behind one 80-word system prompt, queued at once with budget for all: the first
+    computes the prefix, the others wait for its blocks and start from them, with the same tokens."""
+    system = " ".join(random.Random(6).choices(WORDS, k=80))
+    ps = [f"{system} {q}" for q in ("red", "blue green", "the answer is", "small")]
+    cached = make_engine(tiny_dir, graph_backend="eager", async_scheduling=async_scheduling,
+                         max_num_batched_tokens=2048)  # fmt: skip
+    got = cached.generate(ps, GREEDY)
+    plain = make_engine(tiny_dir, graph_backend="eager", enable_prefix_caching=False)
+    assert [c.token_ids for c in got] == [c.token_ids for c in plain.generate(ps, GREEDY)]
+    ids = [cached.encode(p) for p in ps]
+    bs = cached.kv.pool.block_size
+    common = min(next(i for i, (a, b) in enumerate(zip(ids[0], x, strict=False)) if a != b) for x in ids[1:])
+    assert common >= 4 * bs
+    assert cached.kv.pool.hit_tokens >= 3 * (common // bs) * bs  # each of the three after the first
