@@ -58,6 +58,9 @@ class Scheduler:
     longest_first = True  # decode-only batches, longest context first (False: running order)
     snake_order = True  # ... and back and forth in rounds of decode_round requests (False: longest first)
     release_complete = True  # a request's slot goes on while its last token is in flight (False: once read)
+    wait_for_shared_prefix = (
+        True  # wait for a prompt block another request is computing (False: compute it too)
+    )
 
     def __init__(
         self,
@@ -116,7 +119,11 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_running_requests:
             req = self.waiting[0]
             hits = self.pool.prefix_hits(req)
-            if self._prefilling and self._computing_next_block(req, len(hits)):
+            if (
+                self.wait_for_shared_prefix
+                and self._prefilling
+                and self._computing_next_block(req, len(hits))
+            ):
                 break  # it starts from that block a step or so later instead of computing it twice
             n = min(req.num_tokens - len(hits) * self.pool.block_size, budget)
             if not self.pool.can_allocate(req, n, hits):
