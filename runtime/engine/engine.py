@@ -621,8 +621,7 @@ def _record_prompt_logprobs(p: PromptLogprobs | None) -> None:
     for (req, pos), vals, top_ids in zip(p.targets, values, ids, strict=True):
         if pos == len(req.prompt_logprobs) + 1:
             k = req.params.prompt_logprobs or 0
-            top = list(zip(top_ids[:k], vals[1 : 1 + k], strict=True))
-            req.prompt_logprobs.append(TokenLogprob(req.prompt_token_ids[pos], vals[0], top))
+            req.prompt_logprobs.append(_token_logprob(req.prompt_token_ids[pos], vals, top_ids, k))
 
 
 def _logprob_rows(reqs: list[Request], tokens: list[int], lps: Logprobs | None) -> list[TokenLogprob | None]:
@@ -630,12 +629,15 @@ def _logprob_rows(reqs: list[Request], tokens: list[int], lps: Logprobs | None) 
     if lps is None:
         return [None] * len(tokens)
     values, ids = lps[0].tolist(), lps[1].tolist()
-    rows: list[TokenLogprob | None] = []
-    for req, tok, vals, top_ids in zip(reqs, tokens, values, ids, strict=True):
-        k = req.params.logprobs
-        top = None if k is None else list(zip(top_ids[:k], vals[1 : 1 + k], strict=True))
-        rows.append(None if top is None else TokenLogprob(tok, vals[0], top))
-    return rows
+    return [
+        None if req.params.logprobs is None else _token_logprob(tok, vals, top_ids, req.params.logprobs)
+        for req, tok, vals, top_ids in zip(reqs, tokens, values, ids, strict=True)
+    ]
+
+
+def _token_logprob(token: int, values: list[float], top_ids: list[int], k: int) -> TokenLogprob:
+    """One row of `Sampler.logprobs` (the token's value, then the top values; the top ids)."""
+    return TokenLogprob(token, values[0], list(zip(top_ids[:k], values[1 : 1 + k], strict=True)))
 
 
 def _resolve_device(name: str) -> torch.device:

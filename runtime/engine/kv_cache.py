@@ -91,14 +91,21 @@ class BlockPool:
 
     # ---- prefix caching ------------------------------------------------------------------------------
 
+    def shareable_blocks(self, req: Request) -> int:
+        """How many of a request's first prompt blocks it may take from the cache: full blocks short
+        of its last token (whose step samples), none when it asks for prompt logprobs (every prompt
+        position is then computed)."""
+        if req.params.prompt_logprobs is not None:
+            return 0
+        return min(req.num_tokens - 1, req.num_prompt_tokens) // self.block_size
+
     def prefix_hits(self, req: Request) -> list[int]:
-        """Cached blocks holding the longest run of a waiting request's first prompt blocks (at most
-        all but its last token's); [] without prefix caching or for a request that holds blocks."""
-        if not self.prefix_caching or req.block_table or req.params.prompt_logprobs is not None:
-            return []  # (prompt logprobs need every prompt position computed)
-        count = min(req.num_tokens - 1, req.num_prompt_tokens) // self.block_size
+        """Cached blocks holding the longest run of a waiting request's shareable blocks; [] without
+        prefix caching or for a request that holds blocks."""
+        if not self.prefix_caching or req.block_table:
+            return []
         hits = []
-        for key in prefix_keys(req, self.block_size, count):
+        for key in prefix_keys(req, self.block_size, self.shareable_blocks(req)):
             block = self.cached.get(key)
             if block is None:
                 break

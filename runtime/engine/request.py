@@ -97,9 +97,8 @@ class Request:
     num_preemptions: int = 0
     output_text: str = ""
     output_logprobs: list[TokenLogprob] = field(default_factory=list)  # with `params.logprobs`
-    prompt_logprobs: list[TokenLogprob] = field(
-        default_factory=list
-    )  # prompt tokens 1.. (`params.prompt_logprobs`)
+    # prompt tokens 1.. (`params.prompt_logprobs`)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     prefix_keys: list[bytes] = field(default_factory=list)  # of its full prompt blocks (`kv_cache`)
     num_cached_blocks: int = 0  # leading blocks of block_table that the prefix cache holds
     detok: DetokState = field(default_factory=DetokState)

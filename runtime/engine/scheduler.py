@@ -58,9 +58,8 @@ class Scheduler:
     longest_first = True  # decode-only batches, longest context first (False: running order)
     snake_order = True  # ... and back and forth in rounds of decode_round requests (False: longest first)
     release_complete = True  # a request's slot goes on while its last token is in flight (False: once read)
-    wait_for_shared_prefix = (
-        True  # wait for a prompt block another request is computing (False: compute it too)
-    )
+    # wait for a prompt block another request is computing (False: compute it too)
+    wait_for_shared_prefix = True
 
     def __init__(
         self,
@@ -149,10 +148,7 @@ class Scheduler:
         first (after its `hits` cached blocks)? Requests that share a prefix and arrive together
         (a burst behind one system prompt, the `n` choices of a prompt) then compute it once."""
         bs = self.pool.block_size
-        if (
-            req.params.prompt_logprobs is not None
-            or hits >= min(req.num_tokens - 1, req.num_prompt_tokens) // bs
-        ):
+        if hits >= self.pool.shareable_blocks(req):
             return False
         key = prefix_keys(req, bs, hits + 1)[hits]
         return any(

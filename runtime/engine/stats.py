@@ -17,11 +17,8 @@ class StepRecord:
     reason: str | None
     forward_seconds: float
     generation_tokens: int
-    totals: tuple[int, int, int] = (
-        0,
-        0,
-        0,
-    )  # after this step: preemptions, prefix-cache query and hit tokens
+    # after this step: preemptions, prefix-cache query and hit tokens
+    totals: tuple[int, int, int] = (0, 0, 0)
 
 
 class StepLog:

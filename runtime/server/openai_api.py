@@ -18,6 +18,7 @@ from graphpilot.runtime.server.loop import AsyncEngine, RequestGroup
 from graphpilot.runtime.server.protocol import (
     APIError,
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
@@ -65,9 +66,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     """Chat completion over the model's chat template (ChatML when the checkpoint has none)."""
     engine = _check(request, body)
     state = request.app.state
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    text = _chat_template(request, engine).render(messages)
-    ids = await asyncio.to_thread(engine.encode, text)
+    ids = await asyncio.to_thread(engine.encode, _render_chat(request, engine, body.messages))
     max_tokens = body.max_new_tokens() or max(1, engine.max_model_len - len(ids))
     call = _Call("chatcmpl", "chat.completion", state.served_model_name, body, _token_text(request, body))
     return await _serve(request, body, call, [ids], max_tokens)
@@ -78,11 +77,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     """A prompt's token ids as the completions endpoints count them (`messages`: through the chat
     template, as /v1/chat/completions renders them)."""
     engine = _check(request, body)
-    text = body.prompt
-    if body.messages is not None:
-        text = _chat_template(request, engine).render(
-            [{"role": m.role, "content": m.text()} for m in body.messages]
-        )
+    text = body.prompt if body.messages is None else _render_chat(request, engine, body.messages)
     ids = await asyncio.to_thread(engine.encode, text or "")
     return {"count": len(ids), "max_model_len": engine.max_model_len, "tokens": ids}
 
@@ -97,11 +92,12 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any
     return {"prompt": engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}
 
 
-def _chat_template(request: Request, engine: Any) -> ChatTemplate:
+def _render_chat(request: Request, engine: Any, messages: list[ChatMessage]) -> str:
+    """Messages through the checkpoint's chat template (loaded once per app)."""
     state = request.app.state
     if getattr(state, "chat_template", None) is None:
         state.chat_template = ChatTemplate.from_model_dir(engine.config.model)
-    return state.chat_template
+    return state.chat_template.render([{"role": m.role, "content": m.text()} for m in messages])
 
 
 def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
@@ -144,6 +140,7 @@ class _Call:
         self.body = body
         self.tokens = tokens  # set when the call asks for logprobs
         self._offset: dict[int, int] = {}  # per choice: where its next token's text starts
+        self._started: set[int] = set()  # choices that have sent their first chunk
         self.echo: list[tuple[str, list[int]]] | None = None  # completions with echo: each prompt's text, ids
         self.prompt_logprobs: dict[int, list[TokenLogprob]] = {}  # per echoing choice, until its first chunk
 
@@ -163,7 +160,7 @@ class _Call:
     ) -> dict[str, Any]:  # fmt: skip
         if not self.chat:
             lead = None
-            if self.echo is not None and index not in self._offset:  # the choice's first chunk
+            if self.echo is not None and index not in self._started:  # the choice's first chunk
                 prompt_text, prompt_ids = self.echo[index // self.body.n]
                 text, lead = prompt_text + text, prompt_ids[0]
                 logprobs = [*self.prompt_logprobs.pop(index, []), *(logprobs or [])]
@@ -186,8 +183,8 @@ class _Call:
     ) -> dict[str, Any] | None:
         """The choice's `logprobs` for these tokens (a stream's chunks continue the text offsets);
         `lead`: an echoed prompt's first token, which has none."""
+        self._started.add(index)
         if self.tokens is None:
-            self._offset[index] = 0
             return None
         if self.chat:
             return self.tokens.chat(entries)

@@ -7,6 +7,7 @@ import subprocess
 
 import httpx
 from conftest import TINY_ARGS, runtime_command
+from test_server_openai import _metric
 
 
 def test_profile_and_stats_by_cursor(tiny_runtime):
@@ -103,20 +104,12 @@ def test_reset_prefix_cache_makes_a_repeated_prompt_compute_again(tiny_runtime):
     body = {"model": "tiny", "prompt": "admin reset " + "green blue red " * 20, "max_tokens": 2}
     url, admin = tiny_runtime.openai_url + "/completions", tiny_runtime.admin_url
 
-    def hits() -> float:
-        text = httpx.get(tiny_runtime.base_url + "/metrics").text
-        return float(
-            next(x for x in text.splitlines() if x.startswith("graphpilot_prefix_cache_hits_total ")).split()[
-                -1
-            ]
-        )
-
     httpx.post(url, json=body, timeout=60)
-    before = hits()
+    before = _metric(tiny_runtime, "graphpilot_prefix_cache_hits_total")
     httpx.post(url, json=body, timeout=60)
-    assert hits() > before  # the repeat found its prefix
+    assert _metric(tiny_runtime, "graphpilot_prefix_cache_hits_total") > before  # the repeat found its prefix
     r = httpx.post(admin + "/admin/reset_prefix_cache", timeout=60).json()
     assert r["result"] == "reset" and r["forgotten_blocks"] > 0
-    before = hits()
+    before = _metric(tiny_runtime, "graphpilot_prefix_cache_hits_total")
     httpx.post(url, json=body, timeout=60)
-    assert hits() == before  # nothing was left to find
+    assert _metric(tiny_runtime, "graphpilot_prefix_cache_hits_total") == before  # nothing was left to find

@@ -307,18 +307,12 @@ def test_tokenize_counts_what_the_completions_count_and_detokenize_inverts_it(ti
 
 
 def test_n_choices_compute_their_prompt_once(tiny_runtime):
-    def hits() -> float:
-        text = httpx.get(tiny_runtime.base_url + "/metrics").text
-        return float(
-            next(x for x in text.splitlines() if x.startswith("graphpilot_prefix_cache_hits_total ")).split()[
-                -1
-            ]
-        )
-
     prompt = "n choices share " + "blue green red the answer " * 16
-    before = hits()
+    before = _metric(tiny_runtime, "graphpilot_prefix_cache_hits_total")
     c = client(tiny_runtime).completions.create(
         model="tiny", prompt=prompt, max_tokens=4, temperature=1.0, n=4, seed=1
     )
     full_blocks = (c.usage.prompt_tokens - 1) // 16
-    assert hits() - before == 3 * full_blocks * 16  # the three choices after the first start from its blocks
+    assert (
+        _metric(tiny_runtime, "graphpilot_prefix_cache_hits_total") - before == 3 * full_blocks * 16
+    )  # the three choices after the first start from its blocks
