@@ -113,6 +113,24 @@ def test_a_cached_prefix_on_graph_gives_the_full_prefills_logprobs(engine) -> No
     assert abs(done.logprobs[0].logprob - expected.max().item()) <= tolerance
 
 
+def test_sampling_on_the_gpu_is_seeded_per_request_in_any_batch(engine) -> None:
+    """The sampling kernel's draws: a seeded top-k/top-p request gets the same tokens alone and in a
+    batch of others (sampled and greedy), a greedy request beside sampled ones its greedy tokens, and
+    the sampled tokens are not the greedy ones."""
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 50000, (40 + 9 * i,), generator=g).tolist() for i in range(8)]
+    seeded = SamplingParams(max_tokens=16, temperature=0.9, top_p=0.9, top_k=50, seed=77, ignore_eos=True)
+    greedy = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    alone = engine.generate([prompts[0]], seeded)[0].token_ids
+    greedy_alone = engine.generate([prompts[1]], greedy)[0].token_ids
+    others = [SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, ignore_eos=True)] * 6
+    crowd = engine.generate(prompts, [seeded, greedy, *others])
+    assert crowd[0].token_ids == alone
+    assert crowd[1].token_ids == greedy_alone
+    assert engine.generate([prompts[0]], greedy)[0].token_ids != alone
+    assert len({tuple(o.token_ids) for o in crowd}) == len(crowd)
+
+
 def test_live_retune_on_gpu_keeps_outputs(engine) -> None:
     params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
     prompts = [list(range(100 + i, 140 + 3 * i)) for i in range(8)]
