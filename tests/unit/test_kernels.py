@@ -403,7 +403,7 @@ def test_every_kernel_compiles_for_hopper() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert set(json.loads(done.stdout.splitlines()[-1])) == {
         "_rms_norm_kernel", "_silu_and_mul_kernel", "_skinny_mm_kernel", "_qk_norm_rope_kernel",
-        "_paged_attention_kernel", "_decode_split_kernel",
+        "_paged_attention_kernel", "_decode_split_kernel", "_sample_kernel",
     }  # fmt: skip
 
 
