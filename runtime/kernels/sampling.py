@@ -83,7 +83,8 @@ def _sample_kernel(
             ref = tl.where(new_max == float("-inf"), 0.0, new_max)
             lane_sum = lane_sum * tl.math.exp2((lane_max - ref) * LOG2E) + tl.math.exp2((s - ref) * LOG2E)
             lane_max = new_max
-            lane_min = tl.minimum(lane_min, tl.where(idx < vocab, s, float("inf")))
+            # masked tokens (-inf: `min_tokens`) are below any level: not in the bisection's range
+            lane_min = tl.minimum(lane_min, tl.where(s > float("-inf"), s, float("inf")))
         s_max = tl.max(lane_max, axis=0)
         inv_z = 1.0 / tl.sum(lane_sum * tl.math.exp2((lane_max - s_max) * LOG2E), axis=0)
         # 2. halve [lo, hi] over the whole row until few tokens lie between

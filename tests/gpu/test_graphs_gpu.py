@@ -114,12 +114,22 @@ def test_a_cached_prefix_on_graph_gives_the_full_prefills_logprobs(engine) -> No
 
 
 def test_sampling_on_the_gpu_is_seeded_per_request_in_any_batch(engine) -> None:
-    """The sampling kernel's draws: a seeded top-k/top-p request gets the same tokens alone and in a
-    batch of others (sampled and greedy), a greedy request beside sampled ones its greedy tokens, and
-    the sampled tokens are not the greedy ones."""
+    """The sampling kernel's draws: a seeded top-k/top-p request (two tokens masked by `min_tokens`)
+    gets the same tokens alone and in a batch of others (sampled and greedy), never a masked one; a
+    greedy request beside sampled ones gets its greedy tokens; the sampled tokens are not the greedy
+    ones."""
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 50000, (40 + 9 * i,), generator=g).tolist() for i in range(8)]
-    seeded = SamplingParams(max_tokens=16, temperature=0.9, top_p=0.9, top_k=50, seed=77, ignore_eos=True)
+    seeded = SamplingParams(
+        max_tokens=16,
+        temperature=0.9,
+        top_p=0.9,
+        top_k=50,
+        seed=77,
+        ignore_eos=True,
+        stop_token_ids=[0, 1],
+        min_tokens=16,
+    )
     greedy = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
     alone = engine.generate([prompts[0]], seeded)[0].token_ids
     greedy_alone = engine.generate([prompts[1]], greedy)[0].token_ids
@@ -129,6 +139,7 @@ def test_sampling_on_the_gpu_is_seeded_per_request_in_any_batch(engine) -> None:
     assert crowd[1].token_ids == greedy_alone
     assert engine.generate([prompts[0]], greedy)[0].token_ids != alone
     assert len({tuple(o.token_ids) for o in crowd}) == len(crowd)
+    assert not {0, 1} & set(alone)
 
 
 def test_live_retune_on_gpu_keeps_outputs(engine) -> None:

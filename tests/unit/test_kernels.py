@@ -432,6 +432,7 @@ def test_sampling_kernel_draws_from_the_torch_filters_distribution(
 
     vocab = 96
     logits = (torch.randn(vocab, generator=torch.Generator().manual_seed(7)) * 2).to(dtype)
+    logits[[3, 50]] = float("-inf")  # masked, as `min_tokens` masks the end tokens
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
     kept = Sampler._filter(logits.float()[None] / temperature, [params])[0].softmax(-1)
     assert 2 <= int((kept > 0).sum()) <= 12  # a few tokens: a sharp test of the frequencies
