@@ -79,8 +79,10 @@ def propose_buckets(
     # does not force a new capture: a candidate of weight 0 that the largest bucket must reach
     top = min(limit, math.ceil(target * (1 + s.coverage_headroom)))
     # prefills fill the batch budget under load: once traffic reaches half of it, cover all of it
-    # (if the memory budget holds that), rather than recapture the largest bucket step by step
-    if 2 * top >= limit and model.memory_bytes((limit,)) <= budget:
+    # (if the memory budget holds that), rather than recapture the largest bucket step by step; a
+    # live set that covers it keeps doing so: giving that up for one more bucket among short sizes
+    # costs an interval of eager forwards and a recapture when long prompts come back
+    if (2 * top >= limit or live[-1] >= limit) and model.memory_bytes((limit,)) <= budget:
         top = limit
     # live buckets join the candidates (weight 0) so that keeping one is always possible
     sizes, weights = _with_candidates(sizes, weights, {top} | {b for b in live if b >= sizes[0]})
