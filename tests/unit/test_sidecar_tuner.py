@@ -252,3 +252,18 @@ def test_a_set_that_covers_the_batch_budget_keeps_covering_it() -> None:
     cursor = pod.tuner.cursor.value
     pod.sim.serve({3: 100, 3000: 5})
     assert asyncio.run(pod.sim.get_stats(cursor)).rejects == {}
+
+
+def test_a_retuned_set_keeps_a_bucket_every_doubling_for_sizes_that_come_back() -> None:
+    """Short traffic on a set that reaches the batch budget: the retune fits the short sizes and,
+    having room, keeps a bucket within every doubling up to its largest, so prompts of other
+    lengths that come back replay within the padding limit instead of running eager."""
+    full = (*LADDER, 1024, 2048, 4096)
+    pod = Pod(buckets=full, max_buckets=12)
+    pod.interval()  # TRAFFIC: up to 500 tokens
+    assert pod.sim.applies == 1
+    buckets = pod.sim.buckets
+    assert all(any(p <= b < 2 * p for b in buckets) for p in (64, 128, 256, 512, 1024, 2048)), buckets
+    cursor = pod.tuner.cursor.value
+    pod.sim.serve({3: 100, 700: 5, 1500: 5, 3000: 5})
+    assert asyncio.run(pod.sim.get_stats(cursor)).rejects == {}
