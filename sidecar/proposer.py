@@ -84,14 +84,14 @@ def propose_buckets(
     # costs an interval of eager forwards and a recapture when long prompts come back
     if (2 * top >= limit or live[-1] >= limit) and model.memory_bytes((limit,)) <= budget:
         top = limit
-    # live buckets join the candidates (weight 0) so that keeping one is always possible
-    sizes, weights = _with_candidates(sizes, weights, {top} | {b for b in live if b >= sizes[0]})
-    # insurance: a little weight at each power of two up to the largest bucket, so that a set with
-    # room keeps a bucket every doubling and sizes that come back later replay within the padding
-    # limit instead of running eager until the next retune
-    # (the optimiser's weights only: the gain and the eager share below are the traffic's)
+    # live buckets join the candidates (weight 0) so that keeping one is always possible; so do the
+    # powers of two up to the largest bucket, with a little weight (insurance): a set with room keeps
+    # a bucket every doubling, and sizes that come back later replay within the padding limit instead
+    # of running eager until the next retune (the optimiser's weights only: the gain and the eager
+    # share below are the traffic's)
     doublings = {1 << i for i in range(top.bit_length()) if 1 << i >= sizes[0]}
-    sizes, weights = _with_candidates(sizes, weights, doublings)
+    live_above = {b for b in live if b >= sizes[0]}
+    sizes, weights = _with_candidates(sizes, weights, {top} | live_above | doublings)
     insured = weights + np.isin(sizes, list(doublings)) * s.insurance_share * float(weights.sum())
     problem = Problem(
         sizes=sizes,
