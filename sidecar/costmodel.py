@@ -170,10 +170,11 @@ class CostModel:
         num_eager = float(sum(window.rejects.values()))
         if num_forwards <= 0 or window.forward_seconds <= 0:
             return
-        # every forward priced as a replay: its bucket, or its own size when it ran eager
+        # every forward priced as a replay (time alone, no padding charge): its bucket, or its own
+        # size when it ran eager
         served = np.array([bucket_for(buckets, n) or n for n in counts], dtype=np.float64)
         graph_equiv = float(
-            np.dot(self.graph_seconds(served), np.array(list(counts.values()), dtype=np.float64))
+            np.dot(self.replay_estimate(served), np.array(list(counts.values()), dtype=np.float64))
         )
         residual = window.forward_seconds - graph_equiv
         s = self._fit

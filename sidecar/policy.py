@@ -193,7 +193,9 @@ class Evaluation:
         """1 - measured seconds / seconds the old set would have taken (negative: a regression)."""
         sizes, weights = merged_distribution(self.windows)
         measured = sum(w.forward_seconds for w in self.windows)
-        modelled = model.expected_seconds(sizes, weights, self.old.buckets, self.max_padding_ratio)
+        modelled = model.expected_seconds(
+            sizes, weights, self.old.buckets, self.max_padding_ratio, padding_charge=False
+        )
         expected_old = self.calib_old * modelled
         return 1.0 - measured / expected_old if expected_old > 0 else 0.0
 
@@ -203,7 +205,7 @@ def calibration(
 ) -> float:
     """Measured forward seconds / modelled seconds under `buckets` (1.0 without data)."""
     sizes, weights = merged_distribution(windows)
-    modelled = model.expected_seconds(sizes, weights, buckets, max_padding_ratio)
+    modelled = model.expected_seconds(sizes, weights, buckets, max_padding_ratio, padding_charge=False)
     measured = sum(w.forward_seconds for w in windows)
     return measured / modelled if modelled > 0 and measured > 0 else 1.0
 

@@ -79,14 +79,23 @@ def propose_buckets(
     # does not force a new capture: a candidate of weight 0 that the largest bucket must reach
     top = min(limit, math.ceil(target * (1 + s.coverage_headroom)))
     # prefills fill the batch budget under load: once traffic reaches half of it, cover all of it
-    # (if the memory budget holds that), rather than recapture the largest bucket step by step
-    if 2 * top >= limit and model.memory_bytes((limit,)) <= budget:
+    # (if the memory budget holds that), rather than recapture the largest bucket step by step; a
+    # live set that covers it keeps doing so: giving that up for one more bucket among short sizes
+    # costs an interval of eager forwards and a recapture when long prompts come back
+    if (2 * top >= limit or live[-1] >= limit) and model.memory_bytes((limit,)) <= budget:
         top = limit
-    # live buckets join the candidates (weight 0) so that keeping one is always possible
-    sizes, weights = _with_candidates(sizes, weights, {top} | {b for b in live if b >= sizes[0]})
+    # live buckets join the candidates (weight 0) so that keeping one is always possible; so do the
+    # powers of two up to the largest bucket, with a little weight (insurance): a set with room keeps
+    # a bucket every doubling, and sizes that come back later replay within the padding limit instead
+    # of running eager until the next retune (the optimiser's weights only: the gain and the eager
+    # share below are the traffic's)
+    doublings = {1 << i for i in range(top.bit_length()) if 1 << i >= sizes[0]}
+    live_above = {b for b in live if b >= sizes[0]}
+    sizes, weights = _with_candidates(sizes, weights, {top} | live_above | doublings)
+    insured = weights + np.isin(sizes, list(doublings)) * s.insurance_share * float(weights.sum())
     problem = Problem(
         sizes=sizes,
-        weights=weights,
+        weights=insured,
         graph_seconds=model.graph_seconds(sizes),
         eager_seconds=model.eager_seconds(sizes),
         pool_bytes=model.pool_bytes_for(sizes),

@@ -57,6 +57,13 @@ class SidecarSettings(BaseSettings):
     coverage_headroom: float = Field(
         default=0.25, ge=0, description="The largest bucket sits this share above the coverage target."
     )
+    insurance_share: float = Field(
+        default=0.002,
+        ge=0,
+        le=0.1,
+        description="Share of the window's forwards added at each power of two up to the largest bucket, "
+        "so a set with room keeps a bucket every doubling for sizes that come back (0: off).",
+    )
     padding_weight: float = Field(
         default=0.5,
         ge=0,

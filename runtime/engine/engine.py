@@ -248,12 +248,11 @@ class Engine:
         if not ids:
             raise RequestError("the prompt is empty")
         vocab = self.model_config.vocab_size
-        if any(not 0 <= t < vocab for t in ids):
-            raise RequestError(f"prompt token ids must be within 0..{vocab - 1}")
-        if any(not 0 <= t < vocab for t in params.stop_token_ids):
-            raise RequestError(f"stop_token_ids must be within 0..{vocab - 1}")
-        if any(not 0 <= t < vocab for t, _ in params.logit_bias):
-            raise RequestError(f"logit_bias token ids must be within 0..{vocab - 1}")
+        bias_ids = [t for t, _ in params.logit_bias]
+        for what, tokens in (("prompt token ids", ids), ("stop_token_ids", params.stop_token_ids),
+                             ("logit_bias token ids", bias_ids)):  # fmt: skip
+            if any(not 0 <= t < vocab for t in tokens):
+                raise RequestError(f"{what} must be within 0..{vocab - 1}")
         if len(ids) + params.max_tokens > self.max_model_len:
             raise RequestError(
                 f"this model's maximum context length is {self.max_model_len} tokens; the request "

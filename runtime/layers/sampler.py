@@ -124,10 +124,8 @@ class Sampler:
     ) -> torch.Tensor:
         """fp32 logits [b, vocab] after each row's penalties: `output_counts` [b, vocab] counts the
         tokens of the row's output so far, `seen` [b, vocab] marks those of its prompt and output."""
-        dev = logits.device
-        rep = on_device([p.repetition_penalty for p in params], torch.float32, dev)[:, None]
-        freq = on_device([p.frequency_penalty for p in params], torch.float32, dev)[:, None]
-        presence = on_device([p.presence_penalty for p in params], torch.float32, dev)[:, None]
+        per_row = [(p.repetition_penalty, p.frequency_penalty, p.presence_penalty) for p in params]
+        rep, freq, presence = on_device(per_row, torch.float32, logits.device).T[:, :, None]  # one copy
         logits = logits.float()
         logits = torch.where(seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
         return logits - freq * output_counts - presence * (output_counts > 0)

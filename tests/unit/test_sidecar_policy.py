@@ -1,9 +1,13 @@
-"""Memory-fraction steps stay bounded, back off after failures, and give memory back only when idle."""
+"""Memory-fraction steps stay bounded, back off after failures, and give memory back only when idle;
+an apply is judged on forward time."""
 
 from __future__ import annotations
 
-from graphpilot.runtime.profile import StatsWindow
-from graphpilot.sidecar.policy import MemoryPolicy, SafetyGate
+import pytest
+
+from graphpilot.runtime.profile import GraphProfile, StatsWindow
+from graphpilot.sidecar.costmodel import CostModel
+from graphpilot.sidecar.policy import Decision, Evaluation, MemoryPolicy, SafetyGate, calibration
 
 PRESSURE = StatsWindow(0, 0, kv_cache_usage_ratio=0.95, num_requests_waiting=8, num_preemptions=2)
 IDLE = StatsWindow(0, 0, kv_cache_usage_ratio=0.2)
@@ -62,3 +66,31 @@ def test_gate_requires_gain_outside_cooldown_unless_traffic_is_uncovered() -> No
     assert g.refuse((1, 4), gain=0.5, urgent=True, now=200) == "held_after_rollback"
     assert g.refuse((1, 8), gain=0.5, urgent=False, now=200) == "paused_after_failure"
     assert g.refuse((1, 8), gain=0.0, urgent=True, now=200) is None  # uncovered traffic still wins
+
+
+def test_an_apply_is_judged_on_forward_time_whatever_the_padding_charge() -> None:
+    """The padding charge per token (tau) shapes the optimiser's choice and follows the traffic's
+    seconds per token, so it moves between an apply and its judgement (chat then long prompts:
+    tenfold here). The measured gain compares forward time with modelled forward time: the same
+    whatever tau is, and the new set's real gain."""
+    old, new = (1, 8, 64, 512, 1024), (1, 8, 64, 512, 600, 1024)
+    model = CostModel()
+    measured = (*old, 600)
+    model.observe_profile(measured, [{"num_tokens": n, "replay_seconds": 1e-3 + 1e-6 * n} for n in measured])
+
+    def window(counts: dict[int, int], buckets: tuple[int, ...]) -> StatsWindow:
+        seconds = sum(c * (1e-3 + 1e-6 * min(b for b in buckets if b >= n)) for n, c in counts.items())
+        return StatsWindow(cursor=1, since=0, num_tokens=counts, forward_seconds=seconds)
+
+    traffic = {4: 100, 580: 50}
+    model.padding_token_seconds = 2e-5
+    calib = calibration([window(traffic, old)], model, old, 0.5)
+    decision = Decision(0.0, "retune", "applied", "gain", None, None, None)
+    ev = Evaluation(GraphProfile(old, None), GraphProfile(new, None), 0.1, calib, decision, 0.5)
+    ev.add(window(traffic, new))
+    gains = []
+    for tau in (2e-5, 2e-6):
+        model.padding_token_seconds = tau
+        gains.append(ev.measured_gain(model))
+    true_gain = 1 - window(traffic, new).forward_seconds / window(traffic, old).forward_seconds
+    assert gains[0] == pytest.approx(gains[1]) == pytest.approx(true_gain)

@@ -227,3 +227,43 @@ def test_a_profile_the_runtime_refuses_is_a_decision_not_an_outage() -> None:
     answer = asyncio.run(put_invalid())
     assert answer["result"] == "rejected" and "out of range" in answer["reason"]
     assert GraphProfile.from_dict({"buckets": [2, 1]}).buckets == (1, 2)
+
+
+def test_the_eager_overhead_is_learned_as_the_runtime_pays_it() -> None:
+    """Fitted from windows that mix replays and eager forwards (above the largest bucket), the
+    model's eager overhead is what an eager forward really costs over a replay here (4 ms): the
+    padding charge that the optimiser adds to every bucket is not time the runtime spent."""
+    pod = Pod(dry_run=True)  # the buckets stay, so the eager forwards do too
+    pod.interval({3: 200, 40: 100, 2000: 10})
+    pod.interval({3: 200, 40: 100, 2000: 40})
+    assert pod.tuner.model.padding_token_seconds > 0
+    assert abs(pod.tuner.model.eager_overhead() - 4e-3) < 2e-4, pod.tuner.model.eager_overhead()
+
+
+def test_a_set_that_covers_the_batch_budget_keeps_covering_it() -> None:
+    """Short traffic on a set that reaches the batch budget (4,096 tokens): the retune fits the
+    short sizes and keeps a bucket at the budget, so long prompts that come back replay at once
+    instead of running eager for an interval and waiting for a recapture."""
+    full = (*LADDER, 1024, 2048, 4096)
+    pod = Pod(buckets=full, max_buckets=6)  # as many as TRAFFIC has sizes: the top one costs a fit
+    pod.interval()  # TRAFFIC: up to 500 tokens
+    assert pod.sim.applies == 1 and pod.sim.buckets != full
+    assert pod.sim.buckets[-1] == 4096
+    cursor = pod.tuner.cursor.value
+    pod.sim.serve({3: 100, 3000: 5})
+    assert asyncio.run(pod.sim.get_stats(cursor)).rejects == {}
+
+
+def test_a_retuned_set_keeps_a_bucket_every_doubling_for_sizes_that_come_back() -> None:
+    """Short traffic on a set that reaches the batch budget: the retune fits the short sizes and,
+    having room, keeps a bucket within every doubling up to its largest, so prompts of other
+    lengths that come back replay within the padding limit instead of running eager."""
+    full = (*LADDER, 1024, 2048, 4096)
+    pod = Pod(buckets=full, max_buckets=12)
+    pod.interval()  # TRAFFIC: up to 500 tokens
+    assert pod.sim.applies == 1
+    buckets = pod.sim.buckets
+    assert all(any(p <= b < 2 * p for b in buckets) for p in (64, 128, 256, 512, 1024, 2048)), buckets
+    cursor = pod.tuner.cursor.value
+    pod.sim.serve({3: 100, 700: 5, 1500: 5, 3000: 5})
+    assert asyncio.run(pod.sim.get_stats(cursor)).rejects == {}
