@@ -470,3 +470,27 @@ def test_sampling_kernel_greedy_rows_and_seeds(device: str, dtype: torch.dtype, 
     assert sample_rows(batch, _sample_table(others + seeded, device))[-1].item() == alone
     tokens = {sample_rows(row, _sample_table([(1.0, vocab, 1.0, s)], device)).item() for s in range(12)}
     assert len(tokens) > 6, "other seeds draw other tokens from a near-flat row"
+
+
+@pytest.mark.gpu
+def test_the_samplers_seeded_draws_are_the_same_alone_and_in_a_batch() -> None:
+    """`Sampler` on a GPU (the kernel's path): a seeded request's i-th draw takes the same seed alone
+    and in a batch of others, step after step, so on the same logits it gets the same tokens; its
+    draws are not all one token; a request whose id comes back after `forget` starts over."""
+    from graphpilot.runtime.engine.request import SamplingParams
+    from graphpilot.runtime.layers.sampler import Sampler
+
+    device = torch.device("cuda")
+    vocab = 151936
+    logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(11)).to(device, torch.bfloat16)
+    seeded = SamplingParams(temperature=1.0, top_p=0.95, top_k=0, seed=42)
+    others = [SamplingParams(temperature=0.8), SamplingParams(temperature=0.0), SamplingParams(top_k=20)]
+
+    solo, crowd = Sampler(device, seed=0), Sampler(device, seed=1)
+    alone = [solo(logits[:1], [seeded], ["a"]).item() for _ in range(8)]
+    batch = torch.cat([logits[3:], logits[:1]])
+    together = [crowd(batch, [*others, seeded], ["x", "y", "z", "a"])[-1].item() for _ in range(8)]
+    assert together == alone
+    assert len(set(alone)) > 4, "each draw has a seed of its own"
+    solo.forget("a")
+    assert [solo(logits[:1], [seeded], ["a"]).item() for _ in range(8)] == alone
