@@ -31,7 +31,7 @@ from graphpilot.runtime.engine.engine import Engine
 from graphpilot.runtime.engine.request import SamplingParams
 from graphpilot.runtime.engine.scheduler import Scheduler
 from graphpilot.runtime.kernels import launch, paged_attention
-from graphpilot.runtime.layers import linear
+from graphpilot.runtime.layers import linear, sampler
 from graphpilot.runtime.models.presets import init_model
 
 
@@ -250,7 +250,8 @@ def main() -> None:
                         "+nopdl: no programmatic dependent launch; +nolpt: decode attention in "
                         "running order, one KV head at a time; +late: a finishing request's slot is "
                         "handed on once its last token is read; +nosnake: decode steps longest first throughout; "
-                        "+nogated: the MLP's activation never in the gate/up multiply's epilogue; hf: transformers' continuous batching")  # fmt: skip
+                        "+nogated: the MLP's activation never in the gate/up multiply's epilogue; +torchsample: sampled "
+                        "rows through torch ops, not the sampling kernel; hf: transformers' continuous batching")  # fmt: skip
     p.add_argument("--attention", default="auto", help="attention backend (auto: triton on CUDA)")
     p.add_argument("--skip-workload", action="store_true", help="decode steps and graphs only")
     p.add_argument("--arrival", action="store_true",
@@ -352,10 +353,11 @@ def previous_choices(modes: list[str]) -> Any:
     tokens keeps its slot until the host reads the last one (a step later under async scheduling);
     +nosnake, decode-only steps longest context first throughout, not back and forth in rounds of
     `decode_round` requests; +nogated, the MLP's gate/up multiply and its activation as two kernels
-    everywhere (the gated skinny kernel never timed). Returns the function that puts the current
-    choices back."""
+    everywhere (the gated skinny kernel never timed); +torchsample, sampled rows through torch ops
+    (the top-k/top-p filter by sorting, a generator per seeded request), not the sampling kernel.
+    Returns the function that puts the current choices back."""
     tile_tokens, copies, pdl = context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH
-    gated = linear.GATED_MLP
+    gated, fused_sampling = linear.GATED_MLP, sampler.FUSED_SAMPLING
     lpt = Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST
     handover_order = Scheduler.release_complete, Scheduler.snake_order
     if "rows64" in modes:
@@ -372,12 +374,14 @@ def previous_choices(modes: list[str]) -> Any:
         Scheduler.snake_order = False
     if "nogated" in modes:
         linear.GATED_MLP = False
+    if "torchsample" in modes:
+        sampler.FUSED_SAMPLING = False
 
     def restore() -> None:
         context.SMALL_TILE_TOKENS, linear.cold_copies, launch.DEPENDENT_LAUNCH = tile_tokens, copies, pdl
         Scheduler.longest_first, paged_attention.DECODE_HEADS_FIRST = lpt
         Scheduler.release_complete, Scheduler.snake_order = handover_order
-        linear.GATED_MLP = gated
+        linear.GATED_MLP, sampler.FUSED_SAMPLING = gated, fused_sampling
 
     return restore
 

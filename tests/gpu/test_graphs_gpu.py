@@ -113,6 +113,43 @@ def test_a_cached_prefix_on_graph_gives_the_full_prefills_logprobs(engine) -> No
     assert abs(done.logprobs[0].logprob - expected.max().item()) <= tolerance
 
 
+def test_sampling_on_the_gpu_is_seeded_per_request(engine) -> None:
+    """The sampling kernel in the engine: a seeded top-k/top-p request (two tokens masked by
+    `min_tokens`) gets the same tokens every time it runs alone, and every time it runs in the same
+    batch of sampled and greedy others; never a masked token; not the greedy tokens; every request of
+    the batch its own tokens. (Alone and in a batch, or with a cached prefix, the steps' batches
+    differ, the bf16 forward rounds differently and the logits of these random weights, large enough
+    that a rounding moves a draw, differ: the kernel's draws on the same logits in any batch are
+    tested in test_kernels.)"""
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 50000, (40 + 9 * i,), generator=g).tolist() for i in range(8)]
+    seeded = SamplingParams(
+        max_tokens=16,
+        temperature=0.9,
+        top_p=0.9,
+        top_k=50,
+        seed=77,
+        ignore_eos=True,
+        stop_token_ids=[0, 1],
+        min_tokens=16,
+    )
+    greedy = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    others = [SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, ignore_eos=True)] * 6
+
+    def run(prompts: list[list[int]], params: list[SamplingParams]) -> list:
+        engine.reset_prefix_cache()  # a cached prefix would change the steps' batches, hence the rounding
+        return engine.generate(prompts, params)
+
+    alone = [run(prompts[:1], [seeded])[0].token_ids for _ in range(2)]
+    crowds = [run(prompts, [seeded, greedy, *others]) for _ in range(2)]
+    assert alone[0] == alone[1]
+    assert crowds[0][0].token_ids == crowds[1][0].token_ids
+    assert crowds[0][1].token_ids == crowds[1][1].token_ids  # greedy beside sampled rows
+    assert engine.generate([prompts[0]], greedy)[0].token_ids != alone[0]
+    assert len({tuple(o.token_ids) for o in crowds[0]}) == len(crowds[0])
+    assert not {0, 1} & set(alone[0] + crowds[0][0].token_ids)
+
+
 def test_live_retune_on_gpu_keeps_outputs(engine) -> None:
     params = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True)
     prompts = [list(range(100 + i, 140 + 3 * i)) for i in range(8)]

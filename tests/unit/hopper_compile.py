@@ -2,7 +2,8 @@
 
 The layers' launch wrappers run on CPU tensors with the launch itself recorded instead of run, so
 each kernel is compiled with the arguments and constexprs the model launches it with (bf16,
-head_dim 128, every attention path), and with programmatic dependent launch on, as on Hopper.
+head_dim 128, every attention path, the sampler's logits), and with programmatic dependent launch
+on, as on Hopper.
 Prints the names of the kernels compiled, as JSON, on its last line. Run by
 `test_kernels.test_every_kernel_compiles_for_hopper`, without TRITON_INTERPRET.
 """
@@ -21,10 +22,12 @@ from graphpilot.runtime.kernels.fused import qk_norm_rope_, rms_norm, silu_and_m
 from graphpilot.runtime.kernels.gemm import skinny_mm
 from graphpilot.runtime.kernels.launch import FastKernel
 from graphpilot.runtime.kernels.paged_attention import paged_attention
+from graphpilot.runtime.kernels.sampling import sample_rows
 from graphpilot.runtime.layers.rotary import RotaryEmbedding
 
 HOPPER = GPUTarget("cuda", 90, 32)
-POINTER = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
+POINTER = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64", torch.int32: "*i32",
+           torch.int64: "*i64"}  # fmt: skip
 
 
 def record_launches() -> list[tuple[FastKernel, tuple[Any, ...], dict[str, Any]]]:
@@ -90,6 +93,9 @@ def record_launches() -> list[tuple[FastKernel, tuple[Any, ...], dict[str, Any]]
             meta.seq_lens, meta.block_req, meta.block_q0, meta.block_q, page, d**-0.5,
             max_seq_len=meta.max_seq_len,
         )  # fmt: skip
+    params = torch.tensor([[0.7, 50, 0.9, 1]] * 32, dtype=torch.float64)
+    for dtype in (bf16, torch.float32):  # the model's logits, or fp32 after penalties
+        sample_rows(torch.randn(32, 151936, dtype=dtype), params)
     return launches
 
 

@@ -403,5 +403,94 @@ def test_every_kernel_compiles_for_hopper() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert set(json.loads(done.stdout.splitlines()[-1])) == {
         "_rms_norm_kernel", "_silu_and_mul_kernel", "_skinny_mm_kernel", "_qk_norm_rope_kernel",
-        "_paged_attention_kernel", "_decode_split_kernel",
+        "_paged_attention_kernel", "_decode_split_kernel", "_sample_kernel",
     }  # fmt: skip
+
+
+SAMPLE_CASES = [
+    pytest.param("cpu", torch.float32, 160, id="cpu-fp32"),
+    pytest.param("cuda", torch.bfloat16, 4096, id="cuda-bf16", marks=pytest.mark.gpu),
+]
+
+
+def _sample_table(rows: list[tuple[float, int, float, int]], device: str) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64, device=device)
+
+
+@pytest.mark.parametrize(("device", "dtype", "draws"), SAMPLE_CASES)
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.8, 0, 0.75), (0.7, 6, 1.0), (1.3, 8, 0.9)])
+@pytest.mark.parametrize("candidates", [16, 4096], ids=["row-bisection", "registers"])
+def test_sampling_kernel_draws_from_the_torch_filters_distribution(
+    device: str, dtype: torch.dtype, draws: int, temperature: float, top_k: int, top_p: float, candidates: int
+) -> None:
+    """Many draws of one row (a seed each): every token is in the set the sorting filter keeps, and
+    their frequencies are its renormalised probabilities (a draw without noise, or from the unfiltered
+    row, is far off). With 16 candidates the bisection first halves over the whole row."""
+    from graphpilot.runtime.engine.request import SamplingParams
+    from graphpilot.runtime.kernels.sampling import sample_rows
+    from graphpilot.runtime.layers.sampler import Sampler
+
+    vocab = 96
+    logits = (torch.randn(vocab, generator=torch.Generator().manual_seed(7)) * 2).to(dtype)
+    logits[[3, 50]] = float("-inf")  # masked, as `min_tokens` masks the end tokens
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    kept = Sampler._filter(logits.float()[None] / temperature, [params])[0].softmax(-1)
+    assert 2 <= int((kept > 0).sum()) <= 12  # a few tokens: a sharp test of the frequencies
+    k = top_k or vocab
+    table = _sample_table([(temperature, k, top_p, 1000 + i) for i in range(draws)], device)
+    tokens = sample_rows(logits.to(device).expand(draws, vocab).contiguous(), table, candidates).cpu()
+    assert set(tokens.tolist()) <= set(torch.nonzero(kept).flatten().tolist())
+    freq = torch.bincount(tokens, minlength=vocab).float() / draws
+    tvd = 0.5 * (freq - kept).abs().sum().item()
+    assert tvd < (0.15 if draws < 1000 else 0.05), f"total variation {tvd} from the filtered distribution"
+
+
+@pytest.mark.parametrize(("device", "dtype", "draws"), SAMPLE_CASES)
+def test_sampling_kernel_greedy_rows_and_seeds(device: str, dtype: torch.dtype, draws: int) -> None:
+    """Temperature 0 is the argmax (the first of tied maxima, as torch's), top_k 1 and a tiny top_p
+    keep only the argmax, and a seeded row draws the same token at any position of any batch."""
+    from graphpilot.runtime.kernels.sampling import sample_rows
+
+    vocab = 3000  # more than one block of the kernel's loop
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, vocab, generator=g).to(dtype)
+    logits[1, 2500] = logits[1, 40] = logits[1].max() + 1  # a tie across blocks
+    top = logits.float().argmax(-1)
+    assert top[1] == 40
+    greedy = _sample_table(
+        [(0.0, vocab, 1.0, 1), (0.0, vocab, 1.0, 2), (2.0, 1, 1.0, 3), (2.0, vocab, 1e-9, 4)], device
+    )
+    assert sample_rows(logits.to(device), greedy).cpu().tolist() == top.tolist()
+
+    row = logits[0:1].to(device)
+    seeded = [(1.0, vocab, 1.0, 12345)]
+    alone = sample_rows(row, _sample_table(seeded, device)).item()
+    others = [(1.0, vocab, 1.0, s) for s in range(1, 4)]
+    batch = torch.cat([logits[1:].to(device), row])
+    assert sample_rows(batch, _sample_table(others + seeded, device))[-1].item() == alone
+    tokens = {sample_rows(row, _sample_table([(1.0, vocab, 1.0, s)], device)).item() for s in range(12)}
+    assert len(tokens) > 6, "other seeds draw other tokens from a near-flat row"
+
+
+@pytest.mark.gpu
+def test_the_samplers_seeded_draws_are_the_same_alone_and_in_a_batch() -> None:
+    """`Sampler` on a GPU (the kernel's path): a seeded request's i-th draw takes the same seed alone
+    and in a batch of others, step after step, so on the same logits it gets the same tokens; its
+    draws are not all one token; a request whose id comes back after `forget` starts over."""
+    from graphpilot.runtime.engine.request import SamplingParams
+    from graphpilot.runtime.layers.sampler import Sampler
+
+    device = torch.device("cuda")
+    vocab = 151936
+    logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(11)).to(device, torch.bfloat16)
+    seeded = SamplingParams(temperature=1.0, top_p=0.95, top_k=0, seed=42)
+    others = [SamplingParams(temperature=0.8), SamplingParams(temperature=0.0), SamplingParams(top_k=20)]
+
+    solo, crowd = Sampler(device, seed=0), Sampler(device, seed=1)
+    alone = [solo(logits[:1], [seeded], ["a"]).item() for _ in range(8)]
+    batch = torch.cat([logits[3:], logits[:1]])
+    together = [crowd(batch, [*others, seeded], ["x", "y", "z", "a"])[-1].item() for _ in range(8)]
+    assert together == alone
+    assert len(set(alone)) > 4, "each draw has a seed of its own"
+    solo.forget("a")
+    assert [solo(logits[:1], [seeded], ["a"]).item() for _ in range(8)] == alone
