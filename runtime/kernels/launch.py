@@ -4,10 +4,10 @@
 to 1 or divisible by 16), hashes it and looks the compiled kernel up on every call: 10-20 us of host
 time, paid dozens of times per step between graph segments. `FastKernel` keys the compiled kernel on
 the facts that can change between calls of one call site (pointer alignment, the specialised ints,
-the constexprs), computed with a few cheap operations, and then calls Triton's compiled launcher
-directly. The first call for a new key goes through Triton (which compiles) and fills the cache.
-Dtypes are fixed per call site (one engine, one dtype) and are part of the key only through the
-first call's compile. `bind` goes one step further for a launch repeated once per layer with only
+the constexprs, the tensors' dtypes), computed with a few cheap operations, and then calls Triton's
+compiled launcher directly. The first call for a new key goes through Triton (which compiles) and
+fills the cache. (The dtypes matter where one call site sees two: the sampler gets bf16 logits, or
+fp32 ones where a row has a bias or a mask; a kernel compiled for one reads the other's bytes wrong.) `bind` goes one step further for a launch repeated once per layer with only
 the layer's cache tensors changing (attention): it resolves everything once and returns a function
 of those tensors. Both hand the launcher tensors as their device addresses: given a tensor, Triton's
 launcher calls its `data_ptr()` and asks the driver whether the address is a device one, about half
@@ -51,11 +51,13 @@ class FastKernel:
             )  # fmt: skip
         flat = list(args)
         aligned = 0
+        dtypes = []
         for i in self._tensor_idx:
             ptr = flat[i] = args[i].data_ptr()
             aligned = (aligned << 1) | (ptr & 15 == 0)
+            dtypes.append(args[i].dtype)
         ints = tuple((args[i] == 1, args[i] & 15 == 0, -(2**31) <= args[i] < 2**31) for i in self._int_idx)
-        return (args[0].device.index, aligned, ints, *meta.values()), flat
+        return (args[0].device.index, aligned, tuple(dtypes), ints, *meta.values()), flat
 
     def __call__(self, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
         if not FAST_LAUNCH or not args[0].is_cuda:

@@ -494,3 +494,20 @@ def test_the_samplers_seeded_draws_are_the_same_alone_and_in_a_batch() -> None:
     assert len(set(alone)) > 4, "each draw has a seed of its own"
     solo.forget("a")
     assert [solo(logits[:1], [seeded], ["a"]).item() for _ in range(8)] == alone
+
+
+@pytest.mark.gpu
+def test_the_sampling_kernel_reads_bf16_and_fp32_logits_alike() -> None:
+    """One call site, two dtypes: the sampler hands the kernel bf16 logits, or fp32 ones where a row
+    has a logit bias or a `min_tokens` mask. The same values with the same seeds draw the same tokens
+    in either dtype, whichever the cached launch was compiled for first (the cache once reused the
+    bf16 kernel for fp32 logits, which then read other rows' bytes)."""
+    from graphpilot.runtime.kernels.sampling import sample_rows
+
+    vocab = 151936
+    logits = torch.randn(8, vocab, generator=torch.Generator().manual_seed(13)).to("cuda", torch.bfloat16)
+    table = _sample_table([(1.0, 50, 0.9, 100 + i) for i in range(8)], "cuda")
+    first = sample_rows(logits, table)
+    again = sample_rows(logits.float(), table)
+    assert again.tolist() == first.tolist()
+    assert sample_rows(logits, table).tolist() == first.tolist()
