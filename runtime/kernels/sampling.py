@@ -126,12 +126,8 @@ def _sample_kernel(
     for start in range(0, vocab, BLOCK):
         idx = start + offs
         s = _scaled(row_ptr, idx, vocab, inv_t)
+        score = tl.where(greedy, s, s + _gumbel(seed, idx))
         sure = s >= hi
-        score = s
-        # noise only where a token is kept for sure: a filtered row keeps few, in few blocks, and
-        # the noise (Philox and two logs a token) is most of a pass's work
-        if not greedy and tl.max(s, axis=0) >= hi:
-            score = s + _gumbel(seed, idx)
         score = tl.where(sure, score, float("-inf"))
         better = score > best  # strict: an earlier block keeps a tie
         best = tl.where(better, score, best)
