@@ -185,27 +185,38 @@ def _median_ms(fn: Any, iters: int = 30) -> float:
     return statistics.median(times)
 
 
+def decode_batch(engine: Engine, n: int, context: int) -> tuple[ForwardContext, torch.Tensor, torch.Tensor]:
+    """The forward context, token ids and positions of `n` decode requests at `context` tokens each."""
+    table = list(range(1, context // engine.kv.pool.block_size + 2))
+    ctx = ForwardContext(n, engine.attention_metadata([1] * n, [context] * n, [table] * n))
+    ids = torch.randint(0, 1000, (n,), device=engine.device)
+    return ctx, ids, torch.full((n,), context - 1, device=engine.device)
+
+
+def capture_unbroken(engine: Engine, ids: torch.Tensor, pos: torch.Tensor) -> torch.cuda.CUDAGraph:
+    """One CUDA graph of the whole stack, the batch's metadata frozen in (call it in the batch's
+    forward context); the stack runs once on a side stream first, outside the capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        engine.model.forward_stack(ids, pos)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        engine.model.forward_stack(ids, pos)
+    return graph
+
+
 @torch.inference_mode()
 def break_cost(engine: Engine, sizes: list[int], context: int) -> list[dict[str, Any]]:
     """Step time of the stack for n decode requests: eager, breakable graphs, one unbroken graph."""
-    model, runner, bs = engine.model, engine.runner, engine.kv.pool.block_size
-    table = list(range(1, context // bs + 2))
+    model, runner = engine.model, engine.runner
     rows = []
     for n in sizes:
-        meta = engine.attention_metadata([1] * n, [context] * n, [table] * n)
-        ctx = ForwardContext(n, meta)
-        ids = torch.randint(0, 1000, (n,), device=engine.device)
-        pos = torch.full((n,), context - 1, device=engine.device)
+        ctx, ids, pos = decode_batch(engine, n, context)
         with forward_context(ctx):
             eager_ms = _median_ms(lambda ids=ids, pos=pos: model.forward_stack(ids, pos))
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                model.forward_stack(ids, pos)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                model.forward_stack(ids, pos)
+            graph = capture_unbroken(engine, ids, pos)
             unbroken_ms = _median_ms(graph.replay)
             del graph
         breakable_ms = _median_ms(lambda ids=ids, pos=pos, ctx=ctx: runner.forward(ids, pos, ctx))

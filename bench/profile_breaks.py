@@ -24,10 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from bench_graphs import capture_unbroken, decode_batch  # type: ignore[import-not-found]
 from torch.profiler import ProfilerActivity, profile
 
 from graphpilot.runtime.config import EngineConfig
-from graphpilot.runtime.engine.context import ForwardContext, forward_context
+from graphpilot.runtime.engine.context import forward_context
 from graphpilot.runtime.engine.engine import Engine
 from graphpilot.runtime.models.presets import init_model
 
@@ -90,25 +91,14 @@ def main() -> None:
         model=init_model(args.shape, tempfile.mkdtemp()), load_format="dummy", graph_backend="cuda",
         progress=False, graph_buckets=(1, 2, 4, 8, 16, 32), max_total_tokens=200_000,
     ))  # fmt: skip
-    model, runner, bs = engine.model, engine.runner, engine.kv.pool.block_size
-    table = list(range(1, args.context // bs + 2))
     result: dict[str, Any] = {}
     for n in sizes:
-        ctx = ForwardContext(n, engine.attention_metadata([1] * n, [args.context] * n, [table] * n))
-        ids = torch.randint(0, 1000, (n,), device=engine.device)
-        pos = torch.full((n,), args.context - 1, device=engine.device)
+        ctx, ids, pos = decode_batch(engine, n, args.context)
         with forward_context(ctx):
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                model.forward_stack(ids, pos)  # warm up off the capture
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                model.forward_stack(ids, pos)
+            graph = capture_unbroken(engine, ids, pos)
             unbroken = measure(graph.replay)
             del graph
-        breakable = measure(lambda ids=ids, pos=pos, ctx=ctx: runner.forward(ids, pos, ctx))
+        breakable = measure(lambda ids=ids, pos=pos, ctx=ctx: engine.runner.forward(ids, pos, ctx))
         result[str(n)] = {"breakable": breakable, "unbroken": unbroken}
         print(json.dumps({n: result[str(n)]}))
     if args.out:

@@ -7,9 +7,9 @@ the facts that can change between calls of one call site (pointer alignment, the
 the constexprs, the tensors' dtypes), computed with a few cheap operations, and then calls Triton's
 compiled launcher directly. The first call for a new key goes through Triton (which compiles) and
 fills the cache. (The dtypes matter where one call site sees two: the sampler gets bf16 logits, or
-fp32 ones where a row has a bias or a mask; a kernel compiled for one reads the other's bytes wrong.) `bind` goes one step further for a launch repeated once per layer with only
-the layer's cache tensors changing (attention): it resolves everything once and returns a function
-of those tensors. Both hand the launcher tensors as their device addresses: given a tensor, Triton's
+fp32 ones where a row has a bias or a mask; a kernel compiled for one reads the other's bytes wrong.)
+`bind` goes one step further for a launch repeated once per layer with only the layer's cache
+tensors changing (attention): it resolves everything once and returns a function of those tensors. Both hand the launcher tensors as their device addresses: given a tensor, Triton's
 launcher calls its `data_ptr()` and asks the driver whether the address is a device one, about half
 a microsecond per pointer, where an int goes straight in (the first call, through Triton, has checked
 the call site's tensors; with a launch hook set, as a profiler does, the tensors go as they are). Set
