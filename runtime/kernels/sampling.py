@@ -100,13 +100,16 @@ def _sample_kernel(
             if (mid <= lo) | (mid >= hi):
                 steps = max_bisect  # adjacent floats: no token lies strictly between
             else:
-                count = 0
-                mass = 0.0
+                # per lane, summed once a pass: a block-wide sum every loop step is a barrier
+                lane_count = tl.zeros([BLOCK], dtype=tl.int32)
+                lane_mass = tl.zeros([BLOCK], dtype=tl.float32)
                 for start in range(0, vocab, BLOCK):
                     s = _scaled(row_ptr, start + offs, vocab, inv_t)
                     above = s > mid
-                    count += tl.sum(above.to(tl.int32), axis=0)
-                    mass += tl.sum(tl.where(above, tl.math.exp2((s - s_max) * LOG2E), 0.0), axis=0)
+                    lane_count += above.to(tl.int32)
+                    lane_mass += tl.where(above, tl.math.exp2((s - s_max) * LOG2E), 0.0)
+                count = tl.sum(lane_count, axis=0)
+                mass = tl.sum(lane_mass, axis=0)
                 if (count < top_k) & (mass * inv_z <= top_p):
                     hi = mid
                     count_hi = count
@@ -120,21 +123,29 @@ def _sample_kernel(
     best = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
     best_idx = tl.zeros([BLOCK], dtype=tl.int32)
     n_cand = 0
-    base_count = 0
-    base_mass = 0.0
+    lane_base_count = tl.zeros([BLOCK], dtype=tl.int32)
+    lane_base_mass = tl.zeros([BLOCK], dtype=tl.float32)
     cand_row = row.to(tl.int64) * CANDIDATES
     for start in range(0, vocab, BLOCK):
         idx = start + offs
         s = _scaled(row_ptr, idx, vocab, inv_t)
-        score = tl.where(greedy, s, s + _gumbel(seed, idx))
         sure = s >= hi
+        # noise only where a token is kept for sure: a filtered row keeps few, in few blocks, and
+        # the noise (Philox and two logs a token) is most of a pass's work. An unfiltered row keeps
+        # every token, so it skips the block-wide max (a barrier) that would find that out
+        noisy = not greedy
+        if filtered:
+            noisy = tl.max(s, axis=0) >= hi
+        score = s
+        if noisy:
+            score = s + _gumbel(seed, idx)
         score = tl.where(sure, score, float("-inf"))
         better = score > best  # strict: an earlier block keeps a tie
         best = tl.where(better, score, best)
         best_idx = tl.where(better, idx, best_idx)
         if filtered:
-            base_count += tl.sum(sure.to(tl.int32), axis=0)
-            base_mass += tl.sum(tl.where(sure, tl.math.exp2((s - s_max) * LOG2E), 0.0), axis=0)
+            lane_base_count += sure.to(tl.int32)
+            lane_base_mass += tl.where(sure, tl.math.exp2((s - s_max) * LOG2E), 0.0)
             is_cand = (s > lo) & (s < hi)
             pos = n_cand + tl.cumsum(is_cand.to(tl.int32), axis=0) - 1
             keep = is_cand & (pos < CANDIDATES)
@@ -146,6 +157,8 @@ def _sample_kernel(
 
     # 4. the bisection over the candidates, in registers, and their argmax of s + noise
     if filtered:
+        base_count = tl.sum(lane_base_count, axis=0)
+        base_mass = tl.sum(lane_base_mass, axis=0)
         tl.debug_barrier()  # every thread's scratch stores before any thread's loads
         c = tl.arange(0, CANDIDATES)
         c_ok = c < tl.minimum(n_cand, CANDIDATES)
