@@ -158,8 +158,10 @@ class Evaluation:
 
     Forward seconds per window are compared with what the *old* set would have cost on the *same*
     windows: calib = measured / modelled under the old set before the apply, then
-    expected_old = calib * modelled_old(after windows). A small drift of the traffic moves both
-    sides alike. A large shift does not (what the model leaves out, such as attention over long
+    expected_old = calib * modelled_old(after windows), both modelled when judged, by the same
+    model: the apply makes the runtime measure replays the model had only extrapolated (the sizes
+    that ran eager before), and a calibration taken with the model of before would be divided by a
+    prediction of after. A small drift of the traffic moves both sides alike. A large shift does not (what the model leaves out, such as attention over long
     prompts or sampling, differs by size), so when the before and after distributions are far apart
     (total variation above a limit) the apply is not judged: the comparison would be noise.
     """
@@ -167,11 +169,10 @@ class Evaluation:
     old: GraphProfile
     new: GraphProfile
     predicted_gain: float
-    calib_old: float
     decision: Decision
     max_padding_ratio: float = 1.0
-    before: dict[int, float] = field(default_factory=dict)  # share of forwards per size before
-    windows: list[StatsWindow] = field(default_factory=list)
+    before: list[StatsWindow] = field(default_factory=list)  # served by the old set, before the apply
+    windows: list[StatsWindow] = field(default_factory=list)  # served by the new set
 
     def add(self, window: StatsWindow) -> None:
         """Count one more interval served by the new set."""
@@ -184,10 +185,9 @@ class Evaluation:
 
     def traffic_shift(self) -> float:
         """Total variation distance between the size distributions before and after the apply."""
-        sizes, weights = merged_distribution(self.windows)
-        after = shares(dict(zip(sizes.tolist(), weights.tolist(), strict=True)))
-        keys = set(after) | set(self.before)
-        return 0.5 * sum(abs(after.get(k, 0.0) - self.before.get(k, 0.0)) for k in keys)
+        before, after = distribution(self.before), distribution(self.windows)
+        keys = set(after) | set(before)
+        return 0.5 * sum(abs(after.get(k, 0.0) - before.get(k, 0.0)) for k in keys)
 
     def measured_gain(self, model: CostModel) -> float:
         """1 - measured seconds / seconds the old set would have taken (negative: a regression)."""
@@ -196,7 +196,7 @@ class Evaluation:
         modelled = model.expected_seconds(
             sizes, weights, self.old.buckets, self.max_padding_ratio, padding_charge=False
         )
-        expected_old = self.calib_old * modelled
+        expected_old = calibration(self.before, model, self.old.buckets, self.max_padding_ratio) * modelled
         return 1.0 - measured / expected_old if expected_old > 0 else 0.0
 
 
@@ -214,6 +214,12 @@ def shares(counts: dict[int, float]) -> dict[int, float]:
     """Counts normalised to sum 1 (empty stays empty)."""
     total = sum(counts.values())
     return {k: v / total for k, v in counts.items()} if total else {}
+
+
+def distribution(windows: list[StatsWindow]) -> dict[int, float]:
+    """Share of forwards per size over several windows."""
+    sizes, weights = merged_distribution(windows)
+    return shares(dict(zip(sizes.tolist(), weights.tolist(), strict=True)))
 
 
 def merged_distribution(windows: list[StatsWindow]) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from graphpilot.runtime.profile import GraphProfile, StatsWindow
 from .actuator import ProfileStore, RuntimeAPI, RuntimeUnavailable
 from .costmodel import CostModel
 from .metrics import TunerMetrics
-from .policy import Decision, Evaluation, MemoryPolicy, SafetyGate, calibration, merged_distribution, shares
+from .policy import Decision, Evaluation, MemoryPolicy, SafetyGate
 from .proposer import Proposal, propose_buckets
 from .settings import SidecarSettings
 from .stats import Cursor, DecayedWindow
@@ -183,12 +183,8 @@ class Tuner:
         if result == "applied":
             self.metrics.last_apply.set(now)
             if action == "retune":
-                recent = list(self.recent)
-                calib = calibration(recent, self.model, old.buckets, self.max_padding_ratio)
-                sizes, weights = merged_distribution(recent)
-                before = shares(dict(zip(sizes.tolist(), weights.tolist(), strict=True)))
                 self.evaluation = Evaluation(
-                    old, new, gain or 0.0, calib, decision, self.max_padding_ratio, before
+                    old, new, gain or 0.0, decision, self.max_padding_ratio, list(self.recent)
                 )
             elif action != "rollback":
                 await self._persist(new)

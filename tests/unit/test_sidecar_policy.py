@@ -7,7 +7,7 @@ import pytest
 
 from graphpilot.runtime.profile import GraphProfile, StatsWindow
 from graphpilot.sidecar.costmodel import CostModel
-from graphpilot.sidecar.policy import Decision, Evaluation, MemoryPolicy, SafetyGate, calibration
+from graphpilot.sidecar.policy import Decision, Evaluation, MemoryPolicy, SafetyGate
 
 PRESSURE = StatsWindow(0, 0, kv_cache_usage_ratio=0.95, num_requests_waiting=8, num_preemptions=2)
 IDLE = StatsWindow(0, 0, kv_cache_usage_ratio=0.2)
@@ -84,9 +84,10 @@ def test_an_apply_is_judged_on_forward_time_whatever_the_padding_charge() -> Non
 
     traffic = {4: 100, 580: 50}
     model.padding_token_seconds = 2e-5
-    calib = calibration([window(traffic, old)], model, old, 0.5)
     decision = Decision(0.0, "retune", "applied", "gain", None, None, None)
-    ev = Evaluation(GraphProfile(old, None), GraphProfile(new, None), 0.1, calib, decision, 0.5)
+    ev = Evaluation(
+        GraphProfile(old, None), GraphProfile(new, None), 0.1, decision, 0.5, [window(traffic, old)]
+    )
     ev.add(window(traffic, new))
     gains = []
     for tau in (2e-5, 2e-6):
@@ -94,3 +95,43 @@ def test_an_apply_is_judged_on_forward_time_whatever_the_padding_charge() -> Non
         gains.append(ev.measured_gain(model))
     true_gain = 1 - window(traffic, new).forward_seconds / window(traffic, old).forward_seconds
     assert gains[0] == pytest.approx(gains[1]) == pytest.approx(true_gain)
+
+
+def test_an_apply_that_puts_eager_forwards_on_graph_is_judged_by_what_it_saved() -> None:
+    """Before the apply, 200-token forwards ran eager and the model only extrapolated their cost,
+    from four noisy small buckets (ten times too dear here). The apply captures a 256-token bucket
+    and the runtime reports its real replay time. Judged with that, before and after alike, the gain
+    is what the new set saved: the eager overhead. (Calibrated with the model of before and then
+    divided by a prediction of after, it read as a large regression.)"""
+    old, new = (1, 2, 4, 8), (1, 2, 4, 8, 256)
+
+    def replay(n: int) -> float:
+        return 1e-3 + 1e-6 * n
+
+    eager_overhead = 1e-3
+    model = CostModel()
+    model.observe_profile(
+        old,
+        [
+            {"num_tokens": n, "replay_seconds": t}
+            for n, t in zip(old, (1e-3, 1.2e-3, 1.1e-3, 1.5e-3), strict=True)
+        ],
+    )
+
+    def window(counts: dict[int, int], buckets: tuple[int, ...]) -> StatsWindow:
+        seconds = 0.0
+        for n, c in counts.items():
+            b = min((b for b in buckets if b >= n), default=None)
+            seconds += c * (replay(b) if b else replay(n) + eager_overhead)
+        return StatsWindow(cursor=1, since=0, num_tokens=counts, forward_seconds=seconds)
+
+    traffic = {4: 100, 200: 50}
+    before, after = window(traffic, old), window(traffic, new)
+    assert model.replay_estimate([200])[0] > 5 * replay(200)  # what the model knew at the apply
+    decision = Decision(0.0, "retune", "applied", "coverage", None, None, None)
+    ev = Evaluation(GraphProfile(old, None), GraphProfile(new, None), 0.1, decision, 1.0, [before])
+    model.observe_profile(new, [{"num_tokens": 256, "replay_seconds": replay(256)}])  # after the apply
+    ev.add(after)
+    true_gain = 1 - after.forward_seconds / before.forward_seconds
+    assert true_gain > 0.1
+    assert ev.measured_gain(model) == pytest.approx(true_gain, abs=0.05)
