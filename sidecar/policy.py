@@ -161,9 +161,10 @@ class Evaluation:
     expected_old = calib * modelled_old(after windows), both modelled when judged, by the same
     model: the apply makes the runtime measure replays the model had only extrapolated (the sizes
     that ran eager before), and a calibration taken with the model of before would be divided by a
-    prediction of after. A small drift of the traffic moves both sides alike. A large shift does not (what the model leaves out, such as attention over long
-    prompts or sampling, differs by size), so when the before and after distributions are far apart
-    (total variation above a limit) the apply is not judged: the comparison would be noise.
+    prediction of after. A small drift of the traffic moves both sides alike. A large shift does
+    not (what the model leaves out, such as attention over long prompts or sampling, differs by
+    size), so when the before and after distributions are far apart (total variation above a
+    limit) the apply is not judged: the comparison would be noise.
     """
 
     old: GraphProfile
@@ -210,23 +211,24 @@ def calibration(
     return measured / modelled if modelled > 0 and measured > 0 else 1.0
 
 
-def shares(counts: dict[int, float]) -> dict[int, float]:
-    """Counts normalised to sum 1 (empty stays empty)."""
-    total = sum(counts.values())
-    return {k: v / total for k, v in counts.items()} if total else {}
-
-
 def distribution(windows: list[StatsWindow]) -> dict[int, float]:
-    """Share of forwards per size over several windows."""
-    sizes, weights = merged_distribution(windows)
-    return shares(dict(zip(sizes.tolist(), weights.tolist(), strict=True)))
+    """Share of forwards per size over several windows (empty stays empty)."""
+    counts = forward_counts(windows)
+    total = sum(counts.values())
+    return {n: c / total for n, c in counts.items()} if total else {}
 
 
 def merged_distribution(windows: list[StatsWindow]) -> tuple[np.ndarray, np.ndarray]:
     """Sorted sizes [m] and exact (undecayed) forward counts [m] over several windows."""
+    counts = forward_counts(windows)
+    sizes = np.array(sorted(counts), dtype=np.int64)
+    return sizes, np.array([counts[int(n)] for n in sizes], dtype=np.float64)
+
+
+def forward_counts(windows: list[StatsWindow]) -> dict[int, int]:
+    """Forwards per size, summed over several windows."""
     counts: dict[int, int] = {}
     for w in windows:
         for n, c in w.num_tokens.items():
             counts[n] = counts.get(n, 0) + c
-    sizes = np.array(sorted(counts), dtype=np.int64)
-    return sizes, np.array([counts[int(n)] for n in sizes], dtype=np.float64)
+    return counts
